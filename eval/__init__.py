@@ -1,0 +1,1 @@
+"""Probing benchmarks and reports; works on any exported student or any teacher."""

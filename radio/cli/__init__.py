@@ -1,0 +1,1 @@
+"""The `radio` command line (the only place that imports `eval`)."""

@@ -1,0 +1,161 @@
+"""The `radio` command line: one entry point, a subcommand per job, `--help` everywhere."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+FIT_HELP = ("distill with a recipe (LightningCLI): radio fit --config RECIPE [--key value ...]; "
+            "see `radio fit --help`")
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from radio.cli.demo import run_demo
+
+    md = run_demo(a.out, count=a.count, steps=a.steps, progress=not a.no_progress)
+    print(f"report: {md}")
+    return 0
+
+
+def _cmd_synth(a: argparse.Namespace) -> int:
+    from radio.data.synth import write_synth
+
+    written = write_synth(a.out, a.count, val_count=a.val_count, seed=a.seed, size=a.size,
+                          shard_size=a.shard_size)
+    for split, paths in written.items():
+        print(f"{split}: {len(paths)} shard(s) in {a.out}/{split}")
+    return 0
+
+
+def _cmd_pack(a: argparse.Namespace) -> int:
+    from radio.data.shards import pack_folder
+
+    info = pack_folder(a.src, a.out, shard_size=a.shard_size)
+    print(f"packed {info['count']} images ({len(info['classes'])} classes) into {len(info['shards'])} shard(s) "
+          f"in {a.out}; skipped {info['skipped']} unreadable file(s)")
+    return 0
+
+
+def _cmd_cache(a: argparse.Namespace) -> int:
+    import yaml
+
+    from radio.train.validate import validate_recipe
+    from teachers.cache import cache_teachers
+
+    with open(a.config) as f:
+        cfg = yaml.safe_load(f)
+    validate_recipe(cfg)
+    data, model = cfg["data"], cfg["model"]
+    shards = a.shards or data["shards"]
+    res = int(data.get("resolution", 224))
+    patch = int(model.get("student", {}).get("patch_size", 16))
+    specs = [{k: v for k, v in t.items() if k not in ("summary_weight", "feature_weight", "normalizer")}
+             for t in model["teachers"]]
+    results = cache_teachers(specs, shards, a.out, (res // patch, res // patch), batch_size=a.batch_size,
+                             dtype=a.dtype)
+    for name, meta in results.items():
+        print(f"{name}: {meta['count']} images at {meta['resolution'][0]}x{meta['resolution'][1]}, "
+              f"{meta['bytes_per_image'] / 1024:.1f} KiB per image ({meta['dtype']}), "
+              f"skipped {meta['skipped']} -> {a.out}/{name}")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from radio.export import export_checkpoint
+
+    out = export_checkpoint(a.ckpt, a.out, fmt=a.format)
+    print(f"exported {a.ckpt} -> {out}")
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from eval.run import run_knn
+
+    report = run_knn(a.model, a.data, a.out, resolution=a.resolution,
+                     label_fields=a.label_field or None, k=a.k, temperature=a.temperature,
+                     batch_size=a.batch_size, device=a.device)
+    for name, per_field in report["probes"]["knn"].items():
+        print(f"{name}: " + ", ".join(f"{f} top-1 {r['top1']:.4f}" for f, r in per_field.items()))
+    print(f"report: {a.out}/report.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radio", description="Agglomerative vision-encoder distillation.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("demo", help="whole pipeline on the embedded default data; prints the report path")
+    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    d.add_argument("--count", type=int, default=1000, help="training images to generate (default: 1000)")
+    d.add_argument("--steps", type=int, default=None, help="override the recipe's max_steps")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.set_defaults(func=_cmd_demo)
+
+    data = sub.add_parser("data", help="make image shards").add_subparsers(dest="data_command", metavar="ACTION",
+                                                                         required=True)
+    s = data.add_parser("synth", help="generated labelled images (class, colour, count, position, mask)")
+    s.add_argument("--out", required=True, help="output directory (train/ and val/ shards, info.json)")
+    s.add_argument("--count", type=int, default=1000, help="training images (default: 1000)")
+    s.add_argument("--val-count", type=int, default=None, help="validation images (default: count // 4)")
+    s.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shard-size", type=int, default=256, help="samples per shard")
+    s.set_defaults(func=_cmd_synth)
+    pk = data.add_parser("pack", help="image folder or ImageFolder tree -> shards")
+    pk.add_argument("src", help="image folder, or a tree with one sub-folder per class")
+    pk.add_argument("--out", required=True)
+    pk.add_argument("--shard-size", type=int, default=1000)
+    pk.set_defaults(func=_cmd_pack)
+
+    sub.add_parser("fit", help=FIT_HELP, add_help=False)
+
+    c = sub.add_parser("cache", help="run a recipe's teachers once and write feature shards")
+    c.add_argument("--config", required=True, help="recipe YAML")
+    c.add_argument("--out", required=True, help="cache directory (one sub-folder per teacher)")
+    c.add_argument("--shards", default=None, help="image shards (default: the recipe's data.shards)")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    c.set_defaults(func=_cmd_cache)
+
+    e = sub.add_parser("export", help="checkpoint -> self-describing student directory")
+    e.add_argument("ckpt", help="a checkpoint written by radio fit")
+    e.add_argument("--out", required=True)
+    e.add_argument("--format", default="safetensors", choices=["safetensors"])
+    e.set_defaults(func=_cmd_export)
+
+    ev = sub.add_parser("eval", help="probing benchmarks on exported students and teachers")
+    evs = ev.add_subparsers(dest="probe", metavar="PROBE", required=True)
+    k = evs.add_parser("knn", help="kNN top-1 on summary features (k=20, T=0.07)")
+    k.add_argument("--model", action="append", required=True,
+                   help="export dir, EXPORT_DIR::TEACHER, teacher config file or teacher name (repeatable)")
+    k.add_argument("--data", required=True, help="directory with train/ and val/ shards")
+    k.add_argument("--out", required=True)
+    k.add_argument("--resolution", type=int, default=224)
+    k.add_argument("--label-field", action="append", help="json label field(s) (default: label + info.json's)")
+    k.add_argument("--k", type=int, default=20)
+    k.add_argument("--temperature", type=float, default=0.07)
+    k.add_argument("--batch-size", type=int, default=64)
+    k.add_argument("--device", default="cpu")
+    k.set_defaults(func=_cmd_eval)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from radio.train.validate import ConfigError
+
+    try:
+        if argv and argv[0] == "fit":
+            from radio.cli.fit import run_fit
+
+            run_fit(argv[1:])
+            return 0
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"radio: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: the generated default dataset, shard I/O and the Lightning datamodule."""

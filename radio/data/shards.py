@@ -1,0 +1,215 @@
+"""Webdataset shards: writing, resolving shard patterns, decoding samples, packing image folders.
+
+A sample is a set of tar members sharing a key: `__key__`, an image (`jpg|jpeg|png|webp`), an optional `json`
+(with `label`), an optional `seg.png` mask. img2dataset's output is valid input.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_FILE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class ShardSink:
+    """Writes samples into numbered shards `DIR/000000.tar`, `DIR/000001.tar`, ... (webdataset.ShardWriter)."""
+
+    def __init__(self, directory: str | Path, shard_size: int = 1000, start: int = 0) -> None:
+        import webdataset as wds
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.paths: list[str] = []
+        self.count = 0
+        pattern = str(self.directory / "%06d.tar")
+        self._writer = wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, start_shard=start,
+                                       post=self.paths.append)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        self._writer.write(sample)
+        self.count += 1
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> "ShardSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def resolve_shards(pattern: str, what: str = "shards") -> list[str]:
+    """Expand a shard spec into existing files, or fail naming the spec or the missing file.
+
+    Accepts brace patterns (`DIR/{000000..000009}.tar`), globs (`DIR/*.tar`), a directory (all its `.tar`
+    files) and several specs joined by `::`.
+    """
+    from braceexpand import braceexpand
+
+    if not pattern:
+        raise FileNotFoundError(f"{what}: empty shard pattern")
+    files: list[str] = []
+    for part in pattern.split("::"):
+        part = os.path.expanduser(part)
+        if os.path.isdir(part):
+            found = sorted(glob.glob(os.path.join(part, "*.tar")))
+            if not found:
+                raise FileNotFoundError(f"{what}: directory {part!r} holds no .tar shard")
+            files.extend(found)
+            continue
+        for p in braceexpand(part):
+            if any(c in p for c in "*?["):
+                found = sorted(glob.glob(p))
+                if not found:
+                    raise FileNotFoundError(f"{what}: shard pattern {p!r} matches no file")
+                files.extend(found)
+            elif not os.path.isfile(p):
+                raise FileNotFoundError(f"{what}: shard {p!r} (from {pattern!r}) does not exist")
+            else:
+                files.append(p)
+    if not files:
+        raise FileNotFoundError(f"{what}: shard pattern {pattern!r} matches no file")
+    return files
+
+
+@dataclass
+class ErrorCounter:
+    """Counts skipped samples/shards by kind; used as a webdataset `handler` that logs and continues."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def __call__(self, exn: BaseException) -> bool:
+        where = getattr(exn, "radio_where", None) or ""
+        kind = type(exn).__name__
+        self.counts[kind] += 1
+        if len(self.examples) < 20:
+            self.examples.append(f"{kind} {where}: {exn}")
+        log.warning("skipped bad data (%s) %s: %s", kind, where, exn)
+        return True  # continue
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class SampleError(ValueError):
+    """A sample that cannot be decoded; carries shard and key in `radio_where`."""
+
+    def __init__(self, msg: str, url: str | None, key: str | None) -> None:
+        super().__init__(msg)
+        self.radio_where = f"shard={url} key={key}"
+
+
+@dataclass
+class Sample:
+    key: str
+    image: Image.Image
+    label: int = -1
+    meta: dict[str, Any] = field(default_factory=dict)
+    mask: Optional[np.ndarray] = None
+    url: str = ""
+
+
+def decode_sample(raw: dict[str, Any], need_mask: bool = False) -> Sample:
+    """Decode a raw webdataset sample (bytes per extension) into a Sample; errors name shard and key."""
+    key, url = raw.get("__key__"), raw.get("__url__")
+    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    if ext is None:
+        raise SampleError(f"no image member (one of {IMAGE_EXTS}); members: {sorted(raw)}", url, key)
+    try:
+        img = Image.open(io.BytesIO(raw[ext]))
+        img.load()
+        img = img.convert("RGB")
+    except Exception as e:  # truncated or garbage image bytes
+        raise SampleError(f"cannot decode {ext} image: {e}", url, key) from e
+    meta: dict[str, Any] = {}
+    if "json" in raw:
+        try:
+            meta = json.loads(raw["json"])
+        except Exception as e:
+            raise SampleError(f"bad json member: {e}", url, key) from e
+    label = int(meta.get("label", -1)) if isinstance(meta, dict) else -1
+    mask = None
+    if need_mask:
+        if "seg.png" not in raw:
+            raise SampleError("missing seg.png member", url, key)
+        try:
+            mask = np.array(Image.open(io.BytesIO(raw["seg.png"])))
+        except Exception as e:
+            raise SampleError(f"cannot decode seg.png: {e}", url, key) from e
+    return Sample(key=key, image=img, label=label, meta=meta if isinstance(meta, dict) else {}, mask=mask,
+                  url=url or "")
+
+
+def iter_raw_samples(urls: list[str], handler=None) -> Iterable[dict[str, Any]]:
+    """Raw samples of the shards in order (single process, no shuffling): evaluation and caching."""
+    import webdataset as wds
+
+    handler = handler or wds.reraise_exception
+    return wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
+
+
+def pack_folder(src: str | Path, out: str | Path, shard_size: int = 1000, progress: bool = True) -> dict[str, Any]:
+    """Pack an image folder, or an ImageFolder tree (class = sub-folder name), into shards.
+
+    Unreadable images are skipped and counted. Writes OUT/000000.tar ... and OUT/info.json.
+    """
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise FileNotFoundError(f"pack: source {str(src)!r} is not a directory")
+    subdirs = sorted(d for d in src.iterdir() if d.is_dir())
+    files: list[tuple[Path, int]] = []
+    if subdirs:
+        classes = [d.name for d in subdirs]
+        for ci, d in enumerate(subdirs):
+            files += [(p, ci) for p in sorted(d.rglob("*")) if p.suffix.lower() in _FILE_EXTS]
+    else:
+        classes = []
+        files = [(p, -1) for p in sorted(src.iterdir()) if p.suffix.lower() in _FILE_EXTS]
+    if not files:
+        raise FileNotFoundError(f"pack: no image files under {str(src)!r}")
+    skipped: list[str] = []
+    it: Iterable = files
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(files, desc="pack", unit="img", leave=False)
+    with ShardSink(out, shard_size=shard_size) as sink:
+        for i, (path, ci) in enumerate(it):
+            try:
+                data = path.read_bytes()
+                with Image.open(io.BytesIO(data)) as im:
+                    fmt = (im.format or "").lower()
+                    im.load()
+            except Exception as e:
+                skipped.append(f"{path}: {type(e).__name__}: {e}")
+                log.warning("pack: skipped unreadable image %s (%s)", path, e)
+                continue
+            ext = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
+            if ext not in IMAGE_EXTS:  # re-encode formats webdataset decoders do not know
+                buf = io.BytesIO()
+                Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="PNG")
+                data, ext = buf.getvalue(), "png"
+            meta = {"label": ci, "path": str(path.relative_to(src))}
+            if ci >= 0:
+                meta["class"] = classes[ci]
+            sink.write({"__key__": f"{i:08d}", ext: data, "json": json.dumps(meta).encode()})
+    info = {"name": src.name, "label_field": "label", "classes": classes, "count": sink.count,
+            "skipped": len(skipped), "skipped_files": skipped[:100]}
+    (out / "info.json").write_text(json.dumps(info, indent=2))
+    return info | {"shards": sink.paths}

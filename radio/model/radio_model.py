@@ -1,0 +1,207 @@
+"""The distilled model as users see it: student backbone + per-teacher adaptors + normalizers + preprocessing.
+
+`RADIOModel` is a plain nn.Module built from a versioned, JSON-serialisable `ModelConfig`; it needs none of the
+teacher libraries. Training (radio.train) and export/load (radio.export) both build it from the same config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from radio.model.adaptors import AdaptorConfig, TeacherAdaptor
+from radio.model.vit import RADIOStudent, StudentConfig
+from radio.normalize import build_normalizer
+from radio.types import AdaptorOutput, StudentOutput
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TeacherHead:
+    """What the model needs to know about one teacher (no teacher library required).
+
+    Args:
+        name: adaptor name (the teacher's name in the recipe, e.g. "clip").
+        summary_dim: width of the teacher's summary vector, or None when it has none (SAM).
+        feature_dim: width of the teacher's patch features.
+        patch_size: the teacher's patch size (informational; used by tools that compare grids).
+        normalizer: name of the feature normalizer ("none", "phis", ...).
+    """
+
+    name: str
+    summary_dim: Optional[int]
+    feature_dim: int
+    patch_size: int = 16
+    normalizer: str = "none"
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a RADIOModel; saved as `config.json` in exports and in checkpoints."""
+
+    student: StudentConfig
+    teachers: list[TeacherHead] = field(default_factory=list)
+    adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["student"]["mean"] = list(self.student.mean)
+        d["student"]["std"] = list(self.student.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], source: str = "config") -> "ModelConfig":
+        """Parse and validate a config dict; errors name the source and the offending key."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        version = d.get("format_version")
+        if version is None:
+            raise ValueError(f"{source}: missing key 'format_version'")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(f"{source}: format_version {version!r} is newer than this radio supports "
+                             f"({FORMAT_VERSION}); upgrade radio to load it")
+        _check_keys(d, {f.name for f in dataclasses.fields(cls)}, source, required=("student",))
+        student_d = dict(d["student"])
+        _check_keys(student_d, {f.name for f in dataclasses.fields(StudentConfig)}, f"{source}: student")
+        for k in ("mean", "std"):
+            if k in student_d:
+                student_d[k] = tuple(student_d[k])
+        teachers = []
+        for i, t in enumerate(d.get("teachers", [])):
+            _check_keys(t, {f.name for f in dataclasses.fields(TeacherHead)}, f"{source}: teachers[{i}]",
+                        required=("name", "feature_dim"))
+            teachers.append(TeacherHead(**t))
+        adaptor_d = d.get("adaptor", {})
+        _check_keys(adaptor_d, {f.name for f in dataclasses.fields(AdaptorConfig)}, f"{source}: adaptor")
+        return cls(student=StudentConfig(**student_d), teachers=teachers, adaptor=AdaptorConfig(**adaptor_d),
+                   format_version=version)
+
+
+def _check_keys(d: Dict[str, Any], allowed: set, where: str, required: Sequence[str] = ()) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}")
+
+
+class StudentTokens(NamedTuple):
+    """Raw student tokens. summary: (B, T, C) one per summary teacher; patches: (B, N, C); grid: (h, w)."""
+
+    summary: Tensor
+    patches: Tensor
+    grid: tuple[int, int]
+
+
+def nearest_valid_sizes(size: int, step: int) -> tuple[int, int]:
+    lo = max(step, size // step * step)
+    hi = -(-size // step) * step
+    return lo, hi
+
+
+class RADIOModel(nn.Module):
+    """Student + adaptors. Input: float NCHW images in [0, 1], H and W multiples of `resolution_step`.
+
+    Args:
+        config: the model's architecture and teacher heads.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        names = [t.name for t in config.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        self.summary_teachers = [t.name for t in config.teachers if t.summary_dim]
+        self.backbone = RADIOStudent(config.student, num_summary_tokens=len(self.summary_teachers))
+        dim = self.backbone.embed_dim
+        self.adaptors = nn.ModuleDict(
+            {t.name: TeacherAdaptor(dim, t.summary_dim, t.feature_dim, config.adaptor) for t in config.teachers})
+        self.normalizers = nn.ModuleDict(
+            {t.name: build_normalizer(t.normalizer, t.feature_dim) for t in config.teachers})
+        mean = torch.tensor(config.student.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(config.student.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("input_mean", mean, persistent=False)
+        self.register_buffer("input_std", std, persistent=False)
+
+    @property
+    def resolution_step(self) -> int:
+        return self.config.student.patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.embed_dim
+
+    @property
+    def summary_dim(self) -> int:
+        return self.backbone.embed_dim * self.backbone.num_summary_tokens
+
+    def teacher_names(self) -> list[str]:
+        return [t.name for t in self.config.teachers]
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        step = self.resolution_step
+        h, w = x.shape[-2:]
+        bad = [(n, s) for n, s in (("height", h), ("width", w)) if s % step]
+        if bad:
+            hints = "; ".join(f"{n} {s} -> nearest valid {nearest_valid_sizes(s, step)}" for n, s in bad)
+            raise ValueError(f"input size {h}x{w} is not a multiple of the resolution step {step}: {hints}")
+
+    def forward_tokens(self, x: Tensor) -> StudentTokens:
+        """Run the backbone on images in [0, 1]; returns summary tokens, patch tokens and the patch grid."""
+        self._check_input(x)
+        x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
+        tokens = self.backbone.forward_features(x)
+        summary, patches = self.backbone.split_tokens(tokens)
+        step = self.resolution_step
+        return StudentTokens(summary, patches, (x.shape[-2] // step, x.shape[-1] // step))
+
+    def adapt(self, name: str, tokens: StudentTokens, normalized: bool = False) -> AdaptorOutput:
+        """Map student tokens into teacher `name`'s space.
+
+        Args:
+            normalized: if True return the normalized-space output (what the loss compares); otherwise map it back
+                through the inverse normalizer into the teacher's own space.
+        Returns:
+            AdaptorOutput with summary (B, C_s) or None and features (B, N, C_t).
+        """
+        if name not in self.adaptors:
+            raise KeyError(f"unknown adaptor {name!r}; this model has: {', '.join(self.adaptors)}")
+        head = self.adaptors[name]
+        summary = None
+        if head.summary is not None:
+            idx = self.summary_teachers.index(name)
+            summary = head.summary(tokens.summary[:, idx])
+        feats = head.features(tokens.patches)
+        if not normalized:
+            feats = self.normalizers[name].inverse(feats)
+        return AdaptorOutput(summary, feats)
+
+    @staticmethod
+    def _fmt(features: Tensor, grid: tuple[int, int], feature_fmt: str) -> Tensor:
+        if feature_fmt == "NLC":
+            return features
+        if feature_fmt == "NCHW":
+            b, n, c = features.shape
+            return features.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
+
+    def forward(self, x: Tensor, adaptors: Optional[Sequence[str]] = None, feature_fmt: str = "NLC"):
+        """Backbone output, or a dict name -> AdaptorOutput in each teacher's space when `adaptors` is given."""
+        tokens = self.forward_tokens(x)
+        if adaptors is None:
+            summary = tokens.summary.flatten(1)
+            return StudentOutput(summary, self._fmt(tokens.patches, tokens.grid, feature_fmt))
+        out = {}
+        for name in adaptors:
+            a = self.adapt(name, tokens)
+            out[name] = AdaptorOutput(a.summary, self._fmt(a.features, tokens.grid, feature_fmt))
+        return out

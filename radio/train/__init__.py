@@ -1,0 +1,1 @@
+"""The training loop: recipe schemas, the LightningModule and config validation."""

@@ -1,0 +1,31 @@
+"""Typed outputs shared across the framework.
+
+Shapes use B = batch, C = channels, N = tokens, h x w = patch grid.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
+
+class StudentOutput(NamedTuple):
+    """Backbone output of the student.
+
+    summary: (B, C_summary), the concatenation of the per-teacher summary (CLS) tokens.
+    features: (B, N, C) patch tokens, or (B, C, h, w) when `feature_fmt="NCHW"` was asked for.
+    """
+
+    summary: Tensor
+    features: Tensor
+
+
+class AdaptorOutput(NamedTuple):
+    """One adaptor's output in its teacher's space.
+
+    summary: (B, C_teacher_summary), or None for a teacher without a summary target (e.g. SAM).
+    features: (B, N, C_teacher) or (B, C_teacher, h, w) with `feature_fmt="NCHW"`.
+    """
+
+    summary: Optional[Tensor]
+    features: Tensor

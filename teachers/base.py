@@ -1,0 +1,118 @@
+"""The Teacher interface: one frozen vision model that gives a summary vector and a feature grid per image.
+
+Every adapter (open_clip, timm, segment_anything, transformers) implements `_forward` on normalized inputs;
+the base class owns preprocessing (mean/std), freezing, autocast on GPUs and the output contract.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+
+class TeacherOutput(NamedTuple):
+    """summary: (B, C_summary) or None for a teacher without one; features: (B, C, h, w) patch grid."""
+
+    summary: Optional[Tensor]
+    features: Tensor
+
+
+@dataclass
+class TeacherSpec:
+    """How to build one teacher.
+
+    Args:
+        name: registered teacher name (clip, siglip, dino_v2, sam, hf, ...); see `teachers.available()`.
+        model: the library's model name (hub name), or None for the family's default.
+        pretrained: a weight tag or a local checkpoint path; None means the family's default weights; False
+            means random initialisation (tests, offline demos).
+        arch: architecture overrides for a custom (e.g. tiny) configuration of the same model class; implies
+            random initialisation unless `pretrained` is a local path.
+        input_size: resolution the teacher runs at when it has a fixed one (default: its native size).
+        seed: seed for random initialisation, so that a random teacher is rebuilt identically.
+    """
+
+    name: str
+    model: Optional[str] = None
+    pretrained: Union[str, bool, None] = None
+    arch: Optional[dict[str, Any]] = None
+    input_size: Optional[int] = None
+    seed: int = 0
+
+
+class Teacher(nn.Module):
+    """A frozen teacher. Call it with images in [0, 1], (B, 3, H, W); it normalizes them itself.
+
+    Attributes set by adapters:
+        name: the registered name; model_name: the library's model name.
+        patch_size: pixels per feature cell; input_size: native resolution.
+        mean, std: the teacher's own preprocessing.
+        summary_dim: width of the summary vector (0 when `has_summary` is False); feature_dim: feature width.
+        dynamic_resolution: True when the teacher runs at any multiple of its patch size.
+    """
+
+    name: str = "teacher"
+    model_name: str = ""
+    patch_size: int = 16
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    summary_dim: int = 0
+    feature_dim: int = 0
+    dynamic_resolution: bool = False
+    use_autocast: bool = True
+
+    @property
+    def has_summary(self) -> bool:
+        return self.summary_dim > 0
+
+    def freeze(self) -> "Teacher":
+        """No gradients, eval mode for good; registers the preprocessing buffers."""
+        self.requires_grad_(False)
+        self.register_buffer("_mean", torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> "Teacher":  # noqa: ARG002 - teachers stay in eval mode
+        return super().train(False)
+
+    def resolution_for(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """Input size (H, W) at which the teacher's feature grid equals `grid`, or its fixed input size."""
+        if self.dynamic_resolution:
+            return grid[0] * self.patch_size, grid[1] * self.patch_size
+        return self.input_size, self.input_size
+
+    def check_resolution(self, h: int, w: int) -> None:
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"teacher {self.name!r}: input {h}x{w} is not a multiple of its patch size "
+                             f"{self.patch_size}")
+        if not self.dynamic_resolution and (h, w) != (self.input_size, self.input_size):
+            raise ValueError(f"teacher {self.name!r} runs only at {self.input_size}x{self.input_size}, got {h}x{w}")
+
+    def _forward(self, x: Tensor) -> TeacherOutput:
+        """Run the wrapped model on normalized images; implemented by each adapter."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> TeacherOutput:
+        self.check_resolution(*x.shape[-2:])
+        x = (x.float() - self._mean) / self._std
+        on_gpu = x.is_cuda
+        if on_gpu:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and self.use_autocast):
+            out = self._forward(x)
+        summary = out.summary.float() if out.summary is not None else None
+        return TeacherOutput(summary, out.features.float())
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata: what a cache or an export records about this teacher."""
+        return {
+            "name": self.name, "model": self.model_name, "patch_size": self.patch_size,
+            "input_size": self.input_size, "summary_dim": self.summary_dim, "feature_dim": self.feature_dim,
+            "dynamic_resolution": self.dynamic_resolution,
+        }
