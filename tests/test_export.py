@@ -162,6 +162,17 @@ def test_corrupted_weights_are_a_clear_error(copy_of):
         load(copy_of, verify=False)
 
 
+def test_exports_of_format_version_1_still_load(copy_of, native):
+    cfg = json.loads((copy_of / "config.json").read_text())
+    cfg["format_version"] = 1  # written before has_adaptor, defaults and the checksum existed
+    for key in ("weights_sha256", "defaults"):
+        del cfg[key]
+    for t in cfg["teachers"]:
+        del t["has_adaptor"]
+    (copy_of / "config.json").write_text(json.dumps(cfg))
+    assert_same_outputs(load(native), load(copy_of), torch.rand(1, 3, 32, 32))
+
+
 def test_newer_format_version_is_a_clear_error(copy_of):
     cfg = json.loads((copy_of / "config.json").read_text())
     cfg["format_version"] = FORMAT_VERSION + 1
