@@ -30,7 +30,8 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
         self.library = library
         self.integration = integration
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None) -> Any:
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]],
+                  target: Optional[ModuleType] = None) -> Any:
         if fullname != self.library:
             return None
         sys.meta_path.remove(self)  # one shot; also keeps the lookup below from recursing

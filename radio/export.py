@@ -64,7 +64,7 @@ def model_from_checkpoint(path: str | Path) -> RADIOModel:
         config = ModelConfig.from_dict(ckpt["radio_model_config"], source=f"{path}: radio_model_config")
     except ValueError as e:
         raise ExportError(str(e)) from e
-    model = RADIOModel(config)
+    model = build_model(config, repr(str(path)))
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -204,9 +204,23 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def read_json(path: str | Path, what: str = "") -> Any:
+    """Parse a JSON file; a missing or malformed file is an ExportError naming it (prefixed by `what`)."""
+    name = f"{what} {str(path)!r}".strip()
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise ExportError(f"{name} does not exist") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{name} is not valid JSON: {e}") from e
+
+
 # ---- reading ----------------------------------------------------------------------------------------------
 class ExportInfo(NamedTuple):
-    """What an export directory holds. raw: the native config dict; prefix: of the weight keys ("" or "model.")."""
+    """What an export directory holds.
+
+    raw: the native config dict; layout: "safetensors" or "hf"; prefix: of the weight keys ("" or "model.").
+    """
 
     config: ModelConfig
     raw: dict[str, Any]
@@ -232,10 +246,7 @@ def read_export(path: str | Path) -> ExportInfo:
     cfg_file = path / CONFIG_NAME
     if not cfg_file.is_file():
         raise ExportError(f"{str(cfg_file)!r} is missing; is {str(path)!r} a radio export directory?")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{str(cfg_file)!r} is not valid JSON: {e}") from e
+    raw = read_json(cfg_file)
     if isinstance(raw, dict) and "model_type" in raw:
         if raw["model_type"] != HF_MODEL_TYPE:
             raise ExportError(f"{str(cfg_file)!r} has model_type {raw['model_type']!r}; radio.load reads "
@@ -286,8 +297,47 @@ def read_weights(info: ExportInfo, verify: bool = True) -> dict[str, torch.Tenso
     return {k[len(info.prefix):]: v for k, v in state.items()}
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Strict load that names the missing/unexpected/mis-shaped keys and the file."""
+def build_model(config: ModelConfig, where: str) -> RADIOModel:
+    """RADIOModel(config); a config this radio cannot build (e.g. an unknown normalizer) is an ExportError."""
+    from radio.registry import RegistryError
+
+    try:
+        return RADIOModel(config)
+    except (RegistryError, ValueError) as e:
+        raise ExportError(f"{where}: {e}") from e
+
+
+@torch.no_grad()
+def restore_derived_buffers(model: RADIOModel) -> None:
+    """Recompute the non-persistent buffers (in no weights file) of a model built on the meta device or left
+    uninitialised by a loader: the input statistics from the config, and each normalizer's derived constants
+    (e.g. a Hadamard matrix) from a fresh normalizer of the same kind and width. Existing buffers keep their
+    device and dtype; meta ones come back on the CPU.
+    """
+    from radio.normalize import Normalizer
+
+    s = model.config.student
+    derived = [(model, {"input_mean": torch.tensor(s.mean, dtype=torch.float32).view(1, 3, 1, 1),
+                        "input_std": torch.tensor(s.std, dtype=torch.float32).view(1, 3, 1, 1)})]
+    for norm in model.normalizers.values():
+        if isinstance(norm, Normalizer):
+            fresh = type(norm)(norm.dim)
+            persistent = set(fresh.state_dict())
+            values = {n: b for n, b in fresh.named_buffers(recurse=False) if n not in persistent}
+            derived.append((norm, values))
+    for module, values in derived:
+        for name, value in values.items():
+            old = getattr(module, name)
+            setattr(module, name, value if old.is_meta else value.to(old.device, old.dtype))
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ExportError(f"could not rebuild {left[:5]}: not in the weights file and not derivable from the "
+                          "config")
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str,
+              assign: bool = False) -> None:
+    """Strict load naming the missing/unexpected/mis-shaped keys and the file (assign: for meta models)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -296,7 +346,7 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str
     if missing or unexpected or shapes:
         raise ExportError(f"{where} does not match its config: missing keys {missing[:5]}, unexpected keys "
                           f"{unexpected[:5]}, shape mismatches {shapes[:5]}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> RADIOModel:
@@ -308,8 +358,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
         verify: check the weights file against the sha256 recorded at export (catches corruption).
     """
     info = read_export(path)
-    model = RADIOModel(info.config)
-    load_into(model, read_weights(info, verify=verify), repr(str(info.weights)))
+    with torch.device("meta"):  # no random initialisation: every value comes from the file or the config
+        model = build_model(info.config, repr(str(info.weights.parent / CONFIG_NAME)))
+    load_into(model, read_weights(info, verify=verify), repr(str(info.weights)), assign=True)
+    restore_derived_buffers(model)
     model.provenance = info.raw.get("provenance", {})
     model.export_defaults = dict(info.raw.get("defaults") or {})
     return model.to(device).eval()

@@ -2,8 +2,7 @@
 
 Importing this module registers `RADIOStudentConfig` (model_type "radio_student"; transformers' own "radio" is
 NVIDIA's C-RADIO) with `AutoConfig` and `RADIOStudentModel` with `AutoModel`. `import radio` arranges that
-import for you as soon as transformers is imported (radio._import_hooks), so `radio.load` itself never pays for
-transformers.
+import as soon as transformers is imported (radio._import_hooks), so `radio.load` never pays for transformers.
 
     import radio
     from transformers import AutoModel
@@ -23,18 +22,9 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from radio.export import (
-    CONFIG_NAME,
-    HF_MODEL_TYPE,
-    WEIGHTS_NAME,
-    ExportError,
-    file_sha256,
-    load_into,
-    read_export,
-    verify_weights,
-)
+from radio.export import (CONFIG_NAME, HF_MODEL_TYPE, WEIGHTS_NAME, ExportError, build_model, file_sha256,
+                          load_into, read_export, restore_derived_buffers, verify_weights)
 from radio.model.radio_model import ModelConfig, RADIOModel
-from radio.normalize import Normalizer
 from radio.types import IntermediatesOutput
 
 
@@ -72,27 +62,18 @@ class RADIOStudentModel(PreTrainedModel):
 
     def __init__(self, config: RADIOStudentConfig) -> None:
         super().__init__(config)
-        self.model = RADIOModel(config.model_config())
+        self.model = build_model(config.model_config(), f"{HF_MODEL_TYPE} config")
         self.post_init()
 
-    @torch.no_grad()
     def _init_weights(self, module: torch.nn.Module) -> None:
         # Every parameter and persistent buffer comes from the checkpoint (a missing key is an error in
-        # from_pretrained). transformers builds the model on the meta device, so the non-persistent buffers
-        # (not in any checkpoint) are rebuilt here: the input statistics from the config, and a normalizer's
-        # derived constants (e.g. a Hadamard matrix) from a fresh normalizer of the same kind and width.
+        # from_pretrained); transformers builds the model on the meta device, so the non-persistent
+        # buffers are rebuilt from the config.
         if isinstance(module, RADIOModel):
-            s = module.config.student
-            module.input_mean.copy_(torch.tensor(s.mean, dtype=torch.float32).view(1, 3, 1, 1))
-            module.input_std.copy_(torch.tensor(s.std, dtype=torch.float32).view(1, 3, 1, 1))
-        elif isinstance(module, Normalizer):
-            fresh = type(module)(module.dim)
-            persistent = set(fresh.state_dict())
-            for name, buf in fresh.named_buffers(recurse=False):
-                if name not in persistent:
-                    getattr(module, name).copy_(buf)
+            restore_derived_buffers(module)
 
-    def forward(self, pixel_values: Tensor, adaptors: Optional[Sequence[str]] = None, feature_fmt: str = "NLC"):
+    def forward(self, pixel_values: Tensor, adaptors: Optional[Sequence[str]] = None,
+                feature_fmt: str = "NLC"):
         """Same contract as `RADIOModel.forward`: StudentOutput, or name -> AdaptorOutput with `adaptors`."""
         return self.model(pixel_values, adaptors=adaptors, feature_fmt=feature_fmt)
 
@@ -101,7 +82,7 @@ class RADIOStudentModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, safetensors only, strict about keys, checksum-verified locally."""
+        """`PreTrainedModel.from_pretrained`: safetensors only, strict keys, checksum checked (local)."""
         if kwargs.get("use_safetensors") is False:
             raise ExportError("radio students load from safetensors only; pickled weights are never loaded")
         kwargs["use_safetensors"] = True

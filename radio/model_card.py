@@ -5,7 +5,6 @@ Eval results come from a `report.json` written by `radio eval` / `radio demo` (`
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -18,11 +17,14 @@ PRIMARY_METRICS = ("top1", "miou", "mIoU", "accuracy", "acc", "fidelity", "score
 
 
 def find_report(ckpt_path: str | Path) -> Optional[Path]:
-    """The nearest `report.json` in the checkpoint's folder or up to REPORT_SEARCH_DEPTH - 1 folders above."""
-    folder = Path(ckpt_path).resolve().parent
+    """The nearest `report.json` in the checkpoint's folder or up to REPORT_SEARCH_DEPTH - 1 folders above,
+    written after the checkpoint (an older one, e.g. left by a previous run in the same folder, is not about
+    it)."""
+    ckpt = Path(ckpt_path).resolve()
+    folder, written = ckpt.parent, ckpt.stat().st_mtime
     for _ in range(REPORT_SEARCH_DEPTH):
         candidate = folder / REPORT_NAME
-        if candidate.is_file():
+        if candidate.is_file() and candidate.stat().st_mtime >= written:
             return candidate
         if folder.parent == folder:
             break
@@ -31,15 +33,9 @@ def find_report(ckpt_path: str | Path) -> Optional[Path]:
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
-    from radio.export import ExportError
+    from radio.export import ExportError, read_json
 
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"--report {str(path)!r} does not exist")
-    try:
-        report = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"--report {str(path)!r} is not valid JSON: {e}") from e
+    report = read_json(path, "--report")
     if not isinstance(report, dict) or not isinstance(report.get("probes", {}), dict):
         raise ExportError(f"--report {str(path)!r}: expected an object with 'probes' "
                           "({probe: {model: {label_field: {metric: value}}}})")
@@ -62,7 +58,7 @@ def _cell(result: Any) -> str:
 
 
 def eval_results_markdown(report: dict[str, Any]) -> str:
-    """One table per probe: a row per model, a column per label field, the probe's main metric in the cells."""
+    """One table per probe: a row per model, a column per label field, the probe's main metric per cell."""
     lines = ["## Evaluation", ""]
     if report.get("summary"):
         lines += [str(report["summary"]), ""]
@@ -85,14 +81,16 @@ def eval_results_markdown(report: dict[str, Any]) -> str:
 
 def _usage(config: dict[str, Any], fmt: str) -> str:
     names = ", ".join(repr(t["name"]) for t in config["teachers"] if t.get("has_adaptor", True))
-    adaptors = f"\nper_teacher = model(images, adaptors=[{names}])   # name -> (summary, features), teacher space" \
-        if names else ""
+    adaptors = (f"\nper_teacher = model(images, adaptors=[{names}])   # name -> (summary, features) in the "
+                "teacher's own space (inverse normalizer applied)") if names else ""
     if fmt == "onnx":
         outs = ", ".join(config.get("onnx", {}).get("outputs", []))
+        step, top = config["resolution_step"], config["student"]["max_resolution"]
         return f"""```python
 import onnxruntime as ort
 session = ort.InferenceSession("THIS_DIRECTORY/model.onnx")
-outputs = session.run(None, {{"images": images}})   # float32 (B, 3, H, W) in [0, 1]; H, W any multiple of {config['resolution_step']}
+# images: float32 (B, 3, H, W) in [0, 1]; H, W multiples of {step} up to {top}
+outputs = session.run(None, {{"images": images}})
 # outputs, in order: {outs}
 ```
 """
@@ -102,19 +100,23 @@ outputs = session.run(None, {{"images": images}})   # float32 (B, 3, H, W) in [0
     return f"""```python
 import radio
 {load}
-out = model(images)                       # images (B, 3, H, W) in [0, 1]; out.summary (B, C), out.features (B, N, C)
+out = model(images)             # images (B, 3, H, W) in [0, 1]; out.summary (B, C), out.features (B, N, C)
 grid = model(images, feature_fmt="NCHW").features            # (B, C, h, w){adaptors}
 layers = model.forward_intermediates(images, indices=4)       # the last 4 blocks
 ```
 
-timm: `timm.create_model("radio_student", pretrained=True, pretrained_cfg_overlay=dict(file="THIS_DIRECTORY"))`
-builds the backbone (after `import radio`); it takes normalized images (mean/std above).
+timm: `timm.create_model("radio_student", pretrained=True,
+pretrained_cfg_overlay=dict(file="THIS_DIRECTORY"))` builds the backbone (after `import radio`); it takes
+normalized images (mean/std above).
 """
 
 
-def model_card(config: dict[str, Any], fmt: str = "safetensors", report: Optional[dict[str, Any]] = None) -> str:
+def model_card(config: dict[str, Any], fmt: str = "safetensors",
+               report: Optional[dict[str, Any]] = None) -> str:
     """Markdown model card for a native export config (see radio.export.export_config)."""
     s = config["student"]
+    arch = (f"{s['arch']} (width {s.get('embed_dim')}, depth {s.get('depth')}, heads {s.get('num_heads')}), "
+            f"patch {s['patch_size']}")
     rows = "\n".join(f"| {t['name']} | {t['summary_dim'] or '-'} | {t['feature_dim']} | {t['patch_size']} | "
                      f"{t['normalizer']} | {'yes' if t.get('has_adaptor', True) else 'dropped'} |"
                      for t in config["teachers"])
@@ -135,16 +137,15 @@ pipeline_tag: image-feature-extraction
 
 Agglomerative student distilled by radio from {len(config['teachers'])} teacher(s). Export format: {fmt}.
 
-- architecture: {s['arch']} (width {s.get('embed_dim')}, depth {s.get('depth')}, heads {s.get('num_heads')}), patch {s['patch_size']}
-- input: float RGB in [0, 1], height and width multiples of {config['resolution_step']} (up to {s['max_resolution']}); the model normalizes with mean {s['mean']}, std {s['std']}
+- architecture: {arch}
+- input: float RGB in [0, 1], height and width multiples of {config['resolution_step']} (up to \
+{s['max_resolution']}); the model normalizes with mean {s['mean']}, std {s['std']}
 - default output-token budget: {budget or 'none (full patch grid)'}
 - format version: {config['format_version']}{source}{onnx_check}
 
 | teacher | summary dim | feature dim | teacher patch | normalizer | adaptor |
 |---|---|---|---|---|---|
 {rows}
-
-Adaptor outputs are in each teacher's own space (the normalizer's inverse is applied).
 
 {_usage(config, fmt)}"""
     if report:

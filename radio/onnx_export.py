@@ -1,4 +1,4 @@
-"""ONNX export of a student with dynamic batch, height and width, and a check against PyTorch with onnxruntime.
+"""ONNX export of a student with dynamic batch, height and width; a check against PyTorch with onnxruntime.
 
 The graph takes `images` (B, 3, H, W) float32 in [0, 1] (H, W multiples of the resolution step, up to the
 max resolution) and returns, in order: `summary` (B, C_summary), `features` (B, N, C), then for each adaptor
@@ -36,7 +36,8 @@ class OnnxGraph(nn.Module):
     def output_names(self) -> list[str]:
         names = ["summary", "features"]
         for n in self.heads:
-            names += ([f"{n}.summary"] if self.model.adaptors[n].summary is not None else []) + [f"{n}.features"]
+            has_summary = self.model.adaptors[n].summary is not None
+            names += ([f"{n}.summary"] if has_summary else []) + [f"{n}.features"]
         return names
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
@@ -54,7 +55,7 @@ def _example_grid(max_grid: int) -> tuple[int, int]:
 
 
 def export_onnx(model: RADIOModel, path: str | Path, opset: Optional[int] = None) -> list[str]:
-    """Write `model` (eval mode, float32) as ONNX with dynamic batch/height/width; returns the output names."""
+    """Write `model` (eval, float32) as ONNX with dynamic batch/height/width; returns the output names."""
     path = Path(path)
     graph = OnnxGraph(model.float().eval()).eval()
     step, max_grid = model.resolution_step, model.backbone.cpe.max_grid
@@ -107,7 +108,7 @@ def compare_onnx(model: RADIOModel, path: str | Path, sizes: Sequence[tuple[int,
 def check_onnx(model: RADIOModel, path: str | Path, sizes: Optional[Sequence[tuple[int, int]]] = None,
                tolerance: float = TOLERANCE) -> dict[str, dict[str, float]]:
     """`compare_onnx` at `check_sizes` (or `sizes`); raises ExportError when a difference reaches
-    `tolerance * max(1, max_abs_value)` (absolute for outputs up to 1, relative to the largest output beyond)."""
+    `tolerance * max(1, max_abs_value)` (absolute for outputs up to 1, else relative to the largest)."""
     from radio.export import ExportError
 
     try:
@@ -116,8 +117,9 @@ def check_onnx(model: RADIOModel, path: str | Path, sizes: Optional[Sequence[tup
         raise ExportError("checking the ONNX export needs onnxruntime (pip install onnxruntime); "
                           "or skip the check with --no-check") from e
     result = compare_onnx(model, path, sizes or check_sizes(model))
-    bad = {k: r for k, r in result.items() if not r["max_abs_diff"] < tolerance * max(1.0, r["max_abs_value"])}
+    bad = {k: r for k, r in result.items()
+           if not r["max_abs_diff"] < tolerance * max(1.0, r["max_abs_value"])}
     if bad:
-        raise ExportError(f"{path}: onnxruntime differs from PyTorch: {bad} (tolerance {tolerance}, relative to "
-                          "the largest output above 1)")
+        raise ExportError(f"{path}: onnxruntime differs from PyTorch: {bad} (tolerance {tolerance}, "
+                          "relative to the largest output above 1)")
     return result

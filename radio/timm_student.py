@@ -1,8 +1,8 @@
-"""timm registration of the student backbone: `timm.create_model("radio_student", ...)` (after `import radio`).
+"""timm registration of the student backbone: `timm.create_model("radio_student", ...)` after `import radio`.
 
     import radio, timm
     model = timm.create_model("radio_student", pretrained=True,
-                              pretrained_cfg_overlay=dict(file="students/b16"))   # export dir or its weights file
+                              pretrained_cfg_overlay=dict(file="students/b16"))   # export dir or weights file
     model.eval()
     tokens = model.forward_features(normalized)   # (B, P + N, C): summary tokens, registers, then patches
 
@@ -87,7 +87,8 @@ def radio_student(pretrained: bool = False, radio_config: Any = None, **kwargs: 
         config, weights = config or file_config, file_weights or weights
     if pretrained:
         if weights is None:
-            raise ExportError("radio_student has no hosted weights: pass pretrained_cfg_overlay=dict(file=EXPORT_DIR)")
+            raise ExportError("radio_student has no hosted weights: pass "
+                              "pretrained_cfg_overlay=dict(file=EXPORT_DIR)")
         verify_weights(read_export(weights.parent))  # checksum; timm then reads the safetensors file
         overlay["file"] = str(weights)
     for k in ("num_classes", "global_pool"):

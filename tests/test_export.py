@@ -1,5 +1,6 @@
 """Native export (`radio export --format safetensors`), `radio.load`, timm loading, errors and the model card."""
 import json
+import os
 import pickle
 import shutil
 
@@ -24,6 +25,11 @@ def native(fit_checkpoint, tmp_path_factory):
 def test_checkpoint_export_load_bit_identical(fit_checkpoint, native):
     ref, model = reference_model(fit_checkpoint), load(native)
     assert not model.training
+    # every buffer, including the non-persistent ones rebuilt from the config (built on the meta device)
+    ref_buffers = dict(ref.named_buffers())
+    assert ref_buffers.keys() == dict(model.named_buffers()).keys()
+    assert all(torch.equal(ref_buffers[k], v) for k, v in model.named_buffers())
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     for shape in [(2, 3, 64, 64), (1, 3, 48, 112)]:  # the training resolution and one never used in training
         assert_same_outputs(ref, model, torch.rand(*shape))
     a, b = ref.forward_intermediates(torch.ones(1, 3, 32, 48)), model.forward_intermediates(torch.ones(1, 3, 32, 48))
@@ -191,6 +197,11 @@ def test_missing_or_unknown_keys_are_clear_errors(copy_of):
     with pytest.raises(ExportError, match=r"shape mismatches \['backbone.cpe.pos_embed: \(1, 64, 4, 4\)"):
         load(copy_of)
     cfg = json.loads((copy_of / "config.json").read_text())
+    cfg["teachers"][0]["normalizer"] = "phis_v9"
+    (copy_of / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match=r"config.json': unknown normalizer 'phis_v9'; valid normalizer names"):
+        load(copy_of)
+    cfg["teachers"][0]["normalizer"] = "none"
     cfg["student"]["embed_dims"] = 64
     (copy_of / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ExportError, match=r"config.json: student: unknown key\(s\) \['embed_dims'\]"):
@@ -229,6 +240,9 @@ def test_model_card_has_the_eval_results_found_next_to_the_run(fit_checkpoint, t
     card = (export_checkpoint(ckpt, tmp_path / "s") / "README.md").read_text()
     assert "| student | 0.5000 | 0.8125 |" in card and "| clip | - | 0.3750 |" in card
     assert "Chance: shape 0.2500" in card and "kNN on generated shapes." in card
+    stale = ckpt.stat().st_mtime - 60  # a report older than the checkpoint (a previous run's) is not about it
+    os.utime(tmp_path / "demo" / "report.json", (stale, stale))
+    assert "## Evaluation" not in (export_checkpoint(ckpt, tmp_path / "s2") / "README.md").read_text()
     bare = tmp_path / "elsewhere" / "last.ckpt"
     bare.parent.mkdir()
     shutil.copy(fit_checkpoint, bare)
@@ -264,3 +278,11 @@ def test_checkpoint_is_read_without_unpickling_arbitrary_objects(fit_checkpoint,
     torch.save({"state_dict": {}, "radio_model_config": {}, "x": radio.export.ExportInfo}, evil)
     with pytest.raises(ExportError, match="cannot be loaded safely"):
         read_checkpoint(evil)
+
+
+def test_bad_report_or_config_json_is_a_clear_error(fit_checkpoint, copy_of, tmp_path):
+    with pytest.raises(ExportError, match="--report '.*missing.json' does not exist"):
+        export_checkpoint(fit_checkpoint, tmp_path / "s", report=tmp_path / "missing.json")
+    (copy_of / "config.json").write_text("{not json")
+    with pytest.raises(ExportError, match="config.json' is not valid JSON"):
+        load(copy_of)
