@@ -64,13 +64,12 @@ def model_from_checkpoint(path: str | Path) -> RADIOModel:
         config = ModelConfig.from_dict(ckpt["radio_model_config"], source=f"{path}: radio_model_config")
     except ValueError as e:
         raise ExportError(str(e)) from e
-    model = build_model(config, repr(str(path)))
+    with torch.device("meta"):  # every value comes from the checkpoint or the config
+        model = build_model(config, repr(str(path)))
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ExportError(f"checkpoint {str(path)!r} does not match its config: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
+    load_into(model, state, f"checkpoint {str(path)!r}", assign=True)
+    restore_derived_buffers(model)
     model.radio_teacher_specs = ckpt.get("radio_teacher_specs", [])
     model.radio_checkpoint_step = int(ckpt.get("global_step", -1))
     return model.eval()
@@ -89,9 +88,11 @@ def select_adaptors(model: RADIOModel, keep: Optional[Sequence[str]]) -> RADIOMo
         raise ExportError(f"--adaptors: unknown adaptor(s) {unknown}; this model has: "
                           f"{', '.join(model.adaptors) or 'none'}")
     teachers = [dataclasses.replace(t, has_adaptor=t.name in keep) for t in model.config.teachers]
-    slim = RADIOModel(dataclasses.replace(model.config, teachers=teachers))
+    with torch.device("meta"):
+        slim = RADIOModel(dataclasses.replace(model.config, teachers=teachers))
     own = model.state_dict()
-    slim.load_state_dict({k: own[k] for k in slim.state_dict()})
+    slim.load_state_dict({k: own[k].clone() for k in slim.state_dict()}, assign=True)
+    restore_derived_buffers(slim)
     for attr in ("radio_teacher_specs", "radio_checkpoint_step"):
         if hasattr(model, attr):
             setattr(slim, attr, getattr(model, attr))

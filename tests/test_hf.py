@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
@@ -33,6 +34,12 @@ def test_hf_round_trip_is_bit_identical(fit_checkpoint, hf_dir, tmp_path):
     x = torch.rand(2, 3, 64, 80)
     assert_same_outputs(ref, model, x)
     assert_same_outputs(ref, radio.load(hf_dir), x)  # radio.load reads the HF layout too
+    backbone = timm.create_model("radio_student", pretrained=True, pretrained_cfg_overlay={"file": str(hf_dir)})
+    with torch.no_grad():
+        tokens = ref.forward_tokens(x)
+        summary, patches = backbone.eval().split_tokens(backbone.forward_features(
+            (x - ref.input_mean) / ref.input_std))
+    assert torch.equal(summary, tokens.summary) and torch.equal(patches, tokens.patches)
     model.save_pretrained(tmp_path / "again")
     assert_same_outputs(ref, AutoModel.from_pretrained(tmp_path / "again"), x, adaptors=NAMES)
     with torch.no_grad():
