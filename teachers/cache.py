@@ -58,7 +58,7 @@ def _to_numpy(x: torch.Tensor, np_dtype, teacher: str, what: str, url: str, keys
     with np.errstate(over="ignore"):  # overflow is detected below and reported with shard and key
         a = x.cpu().numpy().astype(np_dtype)
     if not np.isfinite(a).all():
-        bad = [k for k, row in zip(keys, a) if not np.isfinite(row).all()]
+        bad = [k for k, row in zip(keys, a, strict=True) if not np.isfinite(row).all()]
         peak = float(x.abs().max())
         raise ValueError(f"cache {teacher}: {what} of shard {url} key(s) {bad[:5]} are not finite in "
                          f"{a.dtype} (max |x| = {peak:.4g}); write the cache with --dtype float32")

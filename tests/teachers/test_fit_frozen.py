@@ -25,6 +25,6 @@ def test_new_families_receive_no_gradient_and_do_not_change_during_a_fit(synth_d
         t, fresh = module.teachers[spec["name"]], teachers.build(copy.deepcopy(spec))
         params = list(t.named_parameters())
         assert params
-        for (k, p), (_, q) in zip(params, fresh.named_parameters()):
+        for (k, p), (_, q) in zip(params, fresh.named_parameters(), strict=True):
             assert torch.equal(p, q), f"{spec['name']}.{k} changed"
             assert p.grad is None and not p.requires_grad and id(p) not in opt_params

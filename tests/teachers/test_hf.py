@@ -67,7 +67,7 @@ def test_hf_loads_a_local_directory_and_its_preprocessing(tmp_path):
                     "image_std": [0.2, 0.25, 0.3]}))
     t = teachers.build("hf", model=str(tmp_path / "dino"))
     assert t.mean == (0.5, 0.4, 0.3) and t.std == (0.2, 0.25, 0.3)
-    for (k, p), (_, q) in zip(src.model.state_dict().items(), t.model.state_dict().items()):
+    for (k, p), (_, q) in zip(src.model.state_dict().items(), t.model.state_dict().items(), strict=True):
         assert torch.equal(p, q), k
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
