@@ -21,6 +21,32 @@ TINY_DINO = {
     "name": "dino_v2", "model": "vit_small_patch14_dinov2", "pretrained": False, "seed": 2,
     "arch": {"embed_dim": 48, "depth": 2, "num_heads": 2, "img_size": 56},
 }
+# SigLIP through open_clip's timm trunk: the same classes as ViT-SO400M-14-SigLIP-384 (CustomTextCLIP, TimmModel,
+# a timm VisionTransformer with MAP pooling and no class token); timm's test_vit3 is the small trunk.
+TINY_SIGLIP = {
+    "name": "siglip", "model": "ViT-B-16-SigLIP", "pretrained": False, "seed": 3,
+    "arch": {"embed_dim": 96, "vision_cfg": {"image_size": 64, "timm_model_name": "test_vit3"},
+             "text_cfg": {"width": 32, "heads": 2, "layers": 1, "context_length": 16, "vocab_size": 1000}},
+}
+# SAM's ImageEncoderViT on a 64 px canvas (windowed + global attention, relative positions, neck).
+TINY_SAM = {
+    "name": "sam", "model": "vit_b", "pretrained": False, "seed": 5,
+    "arch": {"embed_dim": 32, "depth": 2, "num_heads": 2, "global_attn_indexes": [1], "img_size": 64,
+             "patch_size": 8, "window_size": 4, "out_chans": 32},
+}
+_HF_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "patch_size": 8}
+# transformers vision towers: DINOv2 (interpolates on its own), SigLIP (fixed size unless asked), SigLIP2 NaFlex.
+TINY_HF = {"name": "hf", "pretrained": False, "seed": 4,
+           "arch": {"model_type": "dinov2", "image_size": 32, **_HF_TINY}}
+TINY_HF_ARCHS = {
+    "dinov2": {"model_type": "dinov2", "image_size": 32, **_HF_TINY},
+    "dinov2_with_registers": {"model_type": "dinov2_with_registers", "image_size": 32, "num_register_tokens": 4,
+                              **_HF_TINY},
+    "siglip_vision_model": {"model_type": "siglip_vision_model", "image_size": 32, **_HF_TINY},
+    "clip_vision_model": {"model_type": "clip_vision_model", "image_size": 32, **_HF_TINY},
+    "siglip2_vision_model": {"model_type": "siglip2_vision_model", "num_patches": 16, **_HF_TINY},
+}
 TINY_STUDENT = {"arch": "custom", "embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 16,
                 "register_multiple": 4, "max_resolution": 256}
 
