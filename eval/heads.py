@@ -22,8 +22,8 @@ class GridResult:
     """Outcome of a head grid.
 
     names: one label per head (e.g. "summary lr=0.001"); lrs: learning rate per head; scores: final validation
-    score per head; curves: validation score per head per epoch (len(names) lists of `epochs` values);
-    train_loss: mean training loss per head per epoch; best: index of the best head (highest final score).
+    score per head; curves: validation score per head at each of `curve_epochs` (1-based); train_loss: mean
+    training loss per head per epoch; best: index of the best head (highest final score).
     """
 
     names: list[str]
@@ -31,6 +31,7 @@ class GridResult:
     scores: list[float]
     curves: list[list[float]] = field(default_factory=list)
     train_loss: list[list[float]] = field(default_factory=list)
+    curve_epochs: list[int] = field(default_factory=list)
 
     @property
     def best(self) -> int:
@@ -40,21 +41,22 @@ class GridResult:
     def as_dict(self) -> dict:
         return {"heads": [{"name": n, "lr": lr, "score": s, "curve": c, "train_loss": t}
                           for n, lr, s, c, t in zip(self.names, self.lrs, self.scores, self.curves, self.train_loss)],
-                "best": self.names[self.best]}
+                "curve_epochs": self.curve_epochs, "best": self.names[self.best]}
 
 
 def train_head_grid(heads: Sequence[nn.Module], names: Sequence[str], lrs: Sequence[float], keys: Sequence[str],
                     features: dict[str, Tensor], targets: Tensor,
                     loss_fn: Callable[[Tensor, Tensor], Tensor],
                     evaluate: Callable[[Sequence[nn.Module]], list[float]], epochs: int = 20, batch_size: int = 256,
-                    weight_decay: float = 1e-4, seed: int = 0, progress: bool = False,
+                    weight_decay: float = 1e-4, seed: int = 0, progress: bool = False, eval_every: int = 1,
                     device: str | torch.device = "cpu") -> GridResult:
     """Train `heads[i]` on `features[keys[i]]` with learning rate `lrs[i]`.
 
     Args:
         features: key -> (N, ...) training inputs (any float dtype; cast to float32 per batch).
         targets: (N, ...) int64 targets for `loss_fn(logits, targets)`.
-        evaluate: heads -> one validation score per head (called in eval mode after each epoch).
+        evaluate: heads -> one validation score per head, called in eval mode every `eval_every` epochs and after
+            the last.
     """
     n = targets.shape[0]
     if any(f.shape[0] != n for f in features.values()):
@@ -75,7 +77,7 @@ def train_head_grid(heads: Sequence[nn.Module], names: Sequence[str], lrs: Seque
         from tqdm import tqdm
 
         epochs_it = tqdm(epochs_it, desc="probe heads", unit="epoch", leave=False)
-    for _ in epochs_it:
+    for epoch in epochs_it:
         modules.train()
         sums = torch.zeros(len(heads))
         for idx in torch.randperm(n, generator=gen).split(batch_size):
@@ -87,12 +89,16 @@ def train_head_grid(heads: Sequence[nn.Module], names: Sequence[str], lrs: Seque
             opt.step()
             sched.step()
             sums += losses.detach().cpu() * len(idx)
+        for i in range(len(heads)):
+            result.train_loss[i].append(float(sums[i]) / n)
+        if (epoch + 1) % eval_every and epoch + 1 != epochs:
+            continue
         modules.eval()
         with torch.no_grad():
             scores = evaluate(list(modules))
+        result.curve_epochs.append(epoch + 1)
         for i, s in enumerate(scores):
             result.curves[i].append(float(s))
-            result.train_loss[i].append(float(sums[i]) / n)
     result.scores = [c[-1] for c in result.curves]
     return result
 

@@ -31,7 +31,8 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
 
 def linear_probe(train: dict[str, Tensor], train_y: Tensor, val: dict[str, Tensor], val_y: Tensor,
                  lrs: Sequence[float] = DEFAULT_LRS, poolings: Sequence[str] = POOLINGS, epochs: int = 30,
-                 batch_size: int = 256, seed: int = 0, num_classes: int | None = None) -> dict[str, Any]:
+                 batch_size: int = 256, seed: int = 0, num_classes: int | None = None,
+                 device: str | torch.device = "cpu") -> dict[str, Any]:
     """Top-1 of the best (pooling, lr) head on val, with the full grid and its curves.
 
     Args:
@@ -58,11 +59,14 @@ def linear_probe(train: dict[str, Tensor], train_y: Tensor, val: dict[str, Tenso
                 lr_list.append(lr)
                 keys.append(p)
 
+    va_dev = {k: v.to(device) for k, v in xs_va.items()}
+    val_y_dev = val_y.to(device)
+
     def evaluate(hs: Sequence[nn.Module]) -> list[float]:
-        return [accuracy(h(xs_va[k]), val_y) for h, k in zip(hs, keys)]
+        return [accuracy(h(va_dev[k]), val_y_dev) for h, k in zip(hs, keys)]
 
     grid: GridResult = train_head_grid(heads, names, lr_list, keys, xs_tr, train_y, F.cross_entropy, evaluate,
-                                       epochs=epochs, batch_size=batch_size, seed=seed)
+                                       epochs=epochs, batch_size=batch_size, seed=seed, device=device)
     b = grid.best
     majority = torch.bincount(train_y, minlength=num_classes).argmax()
     return {

@@ -100,7 +100,8 @@ def plot_probe_curves(probe: str, results: dict[str, dict[str, dict[str, Any]]],
                 continue
             heads = r["grid"]["heads"]
             best = next(h for h in heads if h["name"] == r["grid"]["best"])
-            row[0].plot(range(1, len(best["curve"]) + 1), best["curve"], "-", label=f"{model} ({best['name']})")
+            epochs = r["grid"].get("curve_epochs") or list(range(1, len(best["curve"]) + 1))
+            row[0].plot(epochs, best["curve"], "o-", label=f"{model} ({best['name']})")
             by_lr: dict[float, float] = {}
             for h in heads:
                 if math.isfinite(h["score"]):

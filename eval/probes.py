@@ -32,12 +32,13 @@ def data_support(probe: str, ds: Optional[Dataset], opts: "EvalOptions") -> Opti
     if probe == "seg" and (ds is None or ds.seg is None):
         return f"seg: the {ds.layout if ds else 'given'} data has no segmentation masks"
     if probe == "vlm" and not opts.vlm_data and not (ds is not None and ds.layout == "shards"
-                                                    and _is_synth(ds)):
+                                                    and is_synth(ds)):
         return "vlm: no question/answer data; pass --vlm-data DIR (LLaVA JSON train.json / val.json) or synth shards"
     return None
 
 
-def _is_synth(ds: Dataset) -> bool:
+def is_synth(ds: Dataset) -> bool:
+    """True for the embedded generated data (`radio data synth`)."""
     from eval.datasets import read_info
 
     return read_info(ds.root).get("name") == "radio-synth"
@@ -57,7 +58,7 @@ def linear(tr: FeatureBank, te: FeatureBank, opts: "EvalOptions") -> dict[str, A
         if (tr.labels[f] >= 0).any() and (te.labels[f] >= 0).any():
             out[f] = linear_probe(pooled_inputs(tr.summary, tr.pooled), tr.labels[f],
                                   pooled_inputs(te.summary, te.pooled), te.labels[f], lrs=opts.linear_lrs,
-                                  epochs=opts.linear_epochs)
+                                  epochs=opts.linear_epochs, device=opts.device)
     return out
 
 

@@ -48,8 +48,9 @@ def iou_scores(pred: Tensor, target: Tensor, num_classes: int) -> dict[str, Any]
     from torchmetrics.classification import MulticlassJaccardIndex
 
     metric = MulticlassJaccardIndex(num_classes=num_classes, ignore_index=IGNORE, average="none",
-                                    zero_division=math.nan)
-    per_class = metric(pred.flatten(), target.flatten())
+                                    zero_division=math.nan).to(pred.device)
+    per_class = metric(pred.flatten(), target.flatten().to(pred.device)).cpu()
+    pred, target = pred.cpu(), target.cpu()
     valid = target != IGNORE
     acc = float((pred[valid] == target[valid]).float().mean()) if valid.any() else math.nan
     return {"miou": float(per_class.nanmean()), "per_class_iou": [float(v) for v in per_class], "pixel_acc": acc}
@@ -84,14 +85,16 @@ def seg_probe(train_dense: Tensor, train_masks: Tensor, val_dense: Tensor, val_m
             heads.append(SegHead(train_dense.shape[1], num_classes))
             names.append(f"lr={lr:g}")
 
+    val_dense_dev, val_masks_dev = val_dense.to(device), val_masks.to(device)
+
     def evaluate(hs: Sequence[nn.Module]) -> list[float]:
-        return [iou_scores(predict(h, val_dense.to(device), size), val_masks.to(device), num_classes)["miou"]
-                for h in hs]
+        return [iou_scores(predict(h, val_dense_dev, size), val_masks_dev, num_classes)["miou"] for h in hs]
 
     grid = train_head_grid(heads, names, list(lrs), ["dense"] * len(heads), {"dense": train_dense}, train_masks,
-                           upsampled_loss, evaluate, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+                           upsampled_loss, evaluate, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                           eval_every=max(1, epochs // 5))  # full-resolution mIoU is costly: 5 curve points
     best = heads[grid.best].eval()
-    scores = iou_scores(predict(best, val_dense.to(device), size).cpu(), val_masks, num_classes)
+    scores = iou_scores(predict(best, val_dense_dev, size).cpu(), val_masks, num_classes)
     counts = torch.bincount(train_masks[train_masks != IGNORE].flatten(), minlength=num_classes)
     majority = iou_scores(torch.full_like(val_masks, int(counts.argmax())), val_masks, num_classes)
     names_out = list(class_names) if class_names else [str(i) for i in range(num_classes)]

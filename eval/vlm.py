@@ -37,7 +37,7 @@ class VLMConfig:
         num_tokens: output token budget passed to a student as `num_tokens=` (token merging); None = all tokens.
         stage1_epochs, stage1_lr: projector-only training (LLaVA: 1 epoch, lr 1e-3).
         stage2_epochs, stage2_lr: projector + LM training; 0 epochs skips it. None: LLaVA's 1 epoch at 2e-5 for a
-            pretrained LM; 10 epochs at 3e-3 for `tiny`, which learns its language from scratch.
+            pretrained LM; 8 epochs at 3e-3 for `tiny`, which learns its language from scratch.
         batch_size: conversations per step. warmup: fraction of steps with a linear warm-up (LLaVA: 0.03).
         pre_norm: non-affine LayerNorm on the vision tokens before the projector.
         max_new_tokens: greedy decoding budget per answer. system: optional system prompt.
@@ -51,7 +51,7 @@ class VLMConfig:
     stage1_lr: float = 1e-3
     stage2_epochs: Optional[int] = None
     stage2_lr: Optional[float] = None
-    batch_size: int = 16
+    batch_size: int = 32
     warmup: float = 0.03
     pre_norm: bool = True
     max_new_tokens: int = 8
@@ -64,7 +64,7 @@ class VLMConfig:
 def resolve_config(cfg: VLMConfig) -> VLMConfig:
     """Fill the stage-2 defaults that depend on the LM (see VLMConfig)."""
     tiny = cfg.lm == "tiny"
-    epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else (10 if tiny else 1)
+    epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else (8 if tiny else 1)
     lr = cfg.stage2_lr if cfg.stage2_lr is not None else (3e-3 if tiny else 2e-5)
     return replace(cfg, stage2_epochs=epochs, stage2_lr=lr)
 

@@ -106,9 +106,9 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--num-tokens", type=int, help="output token budget, passed to students as num_tokens=")
     p.add_argument("--stage1-epochs", type=int, default=1)
     p.add_argument("--stage2-epochs", type=int, default=None,
-                   help="0 skips stage 2 (default: 1 for a pretrained LM, 10 for 'tiny')")
+                   help="0 skips stage 2 (default: 1 for a pretrained LM, 8 for 'tiny')")
     p.add_argument("--stage2-lr", type=float, default=None, help="default: 2e-5 (pretrained LM), 3e-3 ('tiny')")
-    p.add_argument("--vlm-batch-size", type=int, default=16)
+    p.add_argument("--vlm-batch-size", type=int, default=32)
     p.add_argument("--no-pre-norm", action="store_true", help="no LayerNorm on vision tokens before the projector")
     p.add_argument("--system-prompt", default="", help="system prompt before the conversation")
     return common
