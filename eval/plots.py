@@ -40,7 +40,9 @@ def plot_fidelity(results: dict[str, dict[str, dict[str, Any]]], out_png: str | 
             a1.plot(r["resolutions"], r["fidelity"], "o-", label=label)
             a2.plot(r["resolutions"], r["cos_error"], "o-", label=label)
     a1.set_title("fidelity = Var(teacher) / MSE(adaptor, teacher)  (higher is better)")
-    a1.set_yscale("log")
+    values = [v for per in results.values() for r in per.values() for v in r["fidelity"] if v > 0]
+    if values and max(values) > 10 * min(values):
+        a1.set_yscale("log")
     a2.set_title("1 - cos(adaptor, teacher)  (lower is better)")
     for ax in (a1, a2):
         ax.set_xlabel("student resolution (px)")

@@ -142,8 +142,9 @@ def vlm_conversations(ds: Optional[Dataset], opts: "EvalOptions", out: Path):
         root = Path(opts.vlm_data)
         return read_llava_json(root / "train.json"), read_llava_json(root / "val.json")
     qa_dir = out / "vlm_data"
-    return (read_llava_json(write_synth_vqa(ds.train, qa_dir, limit=opts.vlm_limit)),
-            read_llava_json(write_synth_vqa(ds.val, qa_dir, limit=opts.vlm_limit)))
+    limit = opts.vlm_limit or None
+    return (read_llava_json(write_synth_vqa(ds.train, qa_dir, limit=limit)),
+            read_llava_json(write_synth_vqa(ds.val, qa_dir, limit=limit)))
 
 
 def vlm(enc: Encoder, conversations, opts: "EvalOptions") -> dict[str, Any]:

@@ -54,7 +54,7 @@ class EvalOptions:
     fidelity_images: int = 64
     vlm: VLMConfig = field(default_factory=VLMConfig)
     vlm_data: Optional[str] = None
-    vlm_limit: Optional[int] = None
+    vlm_limit: Optional[int] = 250
     pca_images: int = 4
     with_teachers: bool = False
 
@@ -212,9 +212,10 @@ def protocol_notes(probes: Sequence[str], o: EvalOptions) -> list[str]:
                   f"(summary, patch mean, both) x learning rate {list(o.linear_lrs)}, AdamW + cosine, "
                   f"{o.linear_epochs} epochs, trained in one pass; the best head on val is reported (DINOv2's "
                   f"protocol; on a small val split the choice is optimistic, equally for every model).",
-        "seg": f"Segmentation probe: frozen patch features, BatchNorm + 1x1 conv, logits bilinearly upsampled to "
-               f"the {o.resolution}-px masks, learning rates {list(o.seg_lrs)}, {o.seg_epochs} epochs, best on val; "
-               f"mIoU over the classes present in predictions or targets, ignored pixels skipped.",
+        "seg": f"Segmentation probe: frozen patch features, BatchNorm + 1x1 conv, logits bilinearly upsampled "
+               f"(trained against labels at 4 pixels per patch, scored at the full {o.resolution}-px masks), "
+               f"learning rates {list(o.seg_lrs)}, {o.seg_epochs} epochs, best on val; mIoU over the classes present "
+               f"in predictions or targets, ignored pixels skipped.",
         "zeroshot": f"Zero-shot: students through their CLIP/SigLIP adaptor summary, teachers through their own "
                     f"image embedding, against the teacher's text embeddings of the {o.templates!r} templates.",
         "fidelity": "Fidelity: Var(teacher) / MSE(student adaptor, teacher) over all images and positions, per "

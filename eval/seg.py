@@ -68,16 +68,23 @@ def predict(head: nn.Module, dense: Tensor, size: tuple[int, int], chunk: int = 
 
 def seg_probe(train_dense: Tensor, train_masks: Tensor, val_dense: Tensor, val_masks: Tensor, num_classes: int,
               class_names: Optional[Sequence[str]] = None, lrs: Sequence[float] = DEFAULT_LRS, epochs: int = 20,
-              batch_size: int = 16, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+              batch_size: int = 16, seed: int = 0, train_label_scale: Optional[int] = 4,
+              device: str = "cpu") -> dict[str, Any]:
     """mIoU of the best BN + 1x1 conv head on val.
 
     Args:
         train_dense, val_dense: (N, C, h, w) frozen patch features; train_masks, val_masks: (N, H, W) int64 with
             IGNORE = -1.
+        train_label_scale: training labels are nearest-sampled to this many pixels per patch (logits upsampled as
+            far), which saves most of the loss's cost; scoring is always at the full mask size. None: full size.
     """
     if (train_masks != IGNORE).sum() == 0 or (val_masks != IGNORE).sum() == 0:
         raise ValueError("segmentation probe: every training or validation pixel is ignored")
     size = tuple(val_masks.shape[-2:])
+    grid = train_dense.shape[-2:]
+    if train_label_scale and train_masks.shape[-1] > train_label_scale * grid[-1]:
+        small = (train_label_scale * grid[0], train_label_scale * grid[1])
+        train_masks = F.interpolate(train_masks[:, None].float(), size=small, mode="nearest-exact")[:, 0].long()
     heads, names = [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -103,6 +110,7 @@ def seg_probe(train_dense: Tensor, train_masks: Tensor, val_dense: Tensor, val_m
         "per_class_iou": dict(zip(names_out, scores["per_class_iou"])),
         "best_lr": grid.lrs[grid.best], "epochs": epochs, "num_train": int(train_masks.shape[0]),
         "num_test": int(val_masks.shape[0]), "num_classes": num_classes, "mask_size": list(size),
+        "train_label_size": list(train_masks.shape[-2:]),
         "majority_miou": majority["miou"], "majority_pixel_acc": majority["pixel_acc"],
         "grid": grid.as_dict(),
     }

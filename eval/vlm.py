@@ -173,6 +173,7 @@ def _train(probe: VLMProbe, items: list[tuple[list[int], list[int], int]], feats
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     steps = epochs * math.ceil(len(items) / cfg.batch_size)
     warm = max(1, int(cfg.warmup * steps))
+
     def lr_at(s: int) -> float:  # linear warm-up, then cosine to 0
         return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
 
@@ -188,7 +189,8 @@ def _train(probe: VLMProbe, items: list[tuple[list[int], list[int], int]], feats
     for _ in range(epochs):
         for idx in torch.randperm(len(items), generator=gen).split(cfg.batch_size):
             batch = [items[i] for i in idx.tolist()]
-            loss = probe([b[0] for b in batch], [feats[b[2]] for b in batch], [b[1] for b in batch])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=feats.is_cuda):  # never bf16 on the CPU
+                loss = probe([b[0] for b in batch], [feats[b[2]] for b in batch], [b[1] for b in batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -218,7 +220,8 @@ def answer(probe: VLMProbe, builder: PromptBuilder, prompts: list[tuple[list[tup
         chunk = prompts[i:i + batch_size]
         seqs = [builder.build(turns, answer_last=False)[0] for turns, _ in chunk]
         emb, mask, _ = probe.embed(seqs, [feats[j] for _, j in chunk], pad_left=True)
-        gen = probe.lm.generate(inputs_embeds=emb, attention_mask=mask, generation_config=gen_cfg)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=emb.is_cuda):
+            gen = probe.lm.generate(inputs_embeds=emb, attention_mask=mask, generation_config=gen_cfg)
         out += tok.batch_decode(gen, skip_special_tokens=True)
     return out
 

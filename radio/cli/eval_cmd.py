@@ -102,7 +102,8 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--lm", default="tiny", help="causal LM: local path or hub id, or 'tiny' (random 2-layer Llama)")
     p.add_argument("--vlm-data", help="directory with LLaVA JSON train.json and val.json (images relative to it); "
                                       "default: questions generated from synth shards' labels")
-    p.add_argument("--vlm-limit", type=int, help="at most this many images per split for generated questions")
+    p.add_argument("--vlm-limit", type=int, default=250,
+                   help="at most this many images per split for generated questions (default: 250; 0: all)")
     p.add_argument("--num-tokens", type=int, help="output token budget, passed to students as num_tokens=")
     p.add_argument("--stage1-epochs", type=int, default=1)
     p.add_argument("--stage2-epochs", type=int, default=None,
