@@ -9,22 +9,33 @@
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from torch import Tensor
 
 import radio
 import teachers as teacher_lib
-from radio.data.shards import ErrorCounter, decode_sample, iter_raw_samples, resolve_shards
 from radio.data.transforms import eval_transform
+
+if TYPE_CHECKING:
+    from eval.datasets import Split
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be resolved or does not support what was asked (names the model)."""
 
 
 class Encoder:
-    """A frozen image encoder. `encode` takes images in [0, 1] and returns (summary (B, C), features (B, C, h, w))."""
+    """A frozen image encoder on images in [0, 1].
+
+    `encode` returns (summary (B, C_s), features (B, C_f, h, w)); `encode_tokens` returns the output tokens a
+    VLM sees, (B, N, C_f).
+    """
 
     name: str = "encoder"
     kind: str = "encoder"
@@ -35,28 +46,76 @@ class Encoder:
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def encode_tokens(self, images: Tensor) -> Tensor:
+        return self.encode(images)[1].flatten(2).transpose(1, 2)
+
     def to(self, device) -> "Encoder":
         raise NotImplementedError
 
 
+def _snap(requested: int, step: int) -> int:
+    return max(step, round(requested / step) * step)
+
+
 class StudentEncoder(Encoder):
+    """An exported student's backbone. `num_tokens` (VLM token budget) is passed to the model only when set."""
+
     kind = "student"
 
-    def __init__(self, model, name: str = "student") -> None:
+    def __init__(self, model, name: str = "student", num_tokens: Optional[int] = None) -> None:
         self.model, self.name = model.eval(), name
+        self.num_tokens = None
+        if num_tokens is not None:
+            self.set_num_tokens(num_tokens)
+
+    @property
+    def teacher_specs(self) -> dict[str, dict[str, Any]]:
+        """The teachers recorded in the export's provenance, by name."""
+        specs = getattr(self.model, "provenance", {}).get("teacher_specs", [])
+        return {s["name"]: s for s in specs}
+
+    def set_num_tokens(self, num_tokens: int) -> None:
+        if "num_tokens" not in inspect.signature(self.model.forward).parameters:
+            raise ModelSpecError(f"{self.name}: this model's forward() does not accept num_tokens (output token "
+                             f"budget from token merging); leave --num-tokens out or use a radio build that has it")
+        self.num_tokens = int(num_tokens)
 
     def input_size(self, requested: int) -> int:
-        step = self.model.resolution_step
-        return max(step, round(requested / step) * step)
+        return _snap(requested, self.model.resolution_step)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         out = self.model(images, feature_fmt="NCHW")
         return out.summary, out.features
 
+    @torch.no_grad()
+    def encode_tokens(self, images: Tensor) -> Tensor:
+        if self.num_tokens is None:
+            return self.model(images).features
+        return self.model(images, num_tokens=self.num_tokens).features
+
     def to(self, device) -> "StudentEncoder":
         self.model.to(device)
         return self
+
+
+class AdaptorEncoder(StudentEncoder):
+    """A student seen through one teacher's adaptor: summary and features in that teacher's space."""
+
+    kind = "student-adaptor"
+
+    def __init__(self, student: StudentEncoder, adaptor: str) -> None:
+        if adaptor not in student.model.teacher_names():
+            names = ", ".join(student.model.teacher_names())
+            raise ModelSpecError(f"{student.name}: no adaptor {adaptor!r}; it has {names}")
+        super().__init__(student.model, f"{student.name}:{adaptor}")
+        self.adaptor = adaptor
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(images, adaptors=[self.adaptor], feature_fmt="NCHW")[self.adaptor]
+        summary = out.summary if out.summary is not None else out.features.mean(dim=(2, 3))
+        return summary, out.features
 
 
 class TeacherEncoder(Encoder):
@@ -67,9 +126,7 @@ class TeacherEncoder(Encoder):
 
     def input_size(self, requested: int) -> int:
         t = self.teacher
-        if not t.dynamic_resolution:
-            return t.input_size
-        return max(t.patch_size, round(requested / t.patch_size) * t.patch_size)
+        return _snap(requested, t.patch_size) if t.dynamic_resolution else t.input_size
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,6 +139,18 @@ class TeacherEncoder(Encoder):
         return self
 
 
+def recorded_teacher(export_dir: str | Path, name: str) -> dict[str, Any]:
+    """The spec of teacher `name` exactly as the export at `export_dir` was trained with (its provenance)."""
+    cfg_file = Path(export_dir) / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{str(cfg_file)!r} is missing; is {str(export_dir)!r} a radio export directory?")
+    cfg = json.loads(cfg_file.read_text())
+    specs = {s["name"]: s for s in cfg.get("provenance", {}).get("teacher_specs", [])}
+    if name not in specs:
+        raise ModelSpecError(f"{export_dir}: no recorded teacher {name!r}; recorded: {', '.join(specs) or 'none'}")
+    return specs[name]
+
+
 def load_encoder(spec: Union[str, dict, teacher_lib.TeacherSpec], name: Optional[str] = None) -> Encoder:
     """Resolve a model spec (see module docstring) to an Encoder."""
     if isinstance(spec, (dict, teacher_lib.TeacherSpec)):
@@ -89,11 +158,7 @@ def load_encoder(spec: Union[str, dict, teacher_lib.TeacherSpec], name: Optional
         return TeacherEncoder(t, name)
     if "::" in spec:
         export_dir, tname = spec.rsplit("::", 1)
-        cfg = json.loads((Path(export_dir) / "config.json").read_text())
-        specs = {s["name"]: s for s in cfg.get("provenance", {}).get("teacher_specs", [])}
-        if tname not in specs:
-            raise KeyError(f"{export_dir}: no recorded teacher {tname!r}; recorded: {', '.join(specs) or 'none'}")
-        return TeacherEncoder(teacher_lib.build(specs[tname]), name or tname)
+        return TeacherEncoder(teacher_lib.build(recorded_teacher(export_dir, tname)), name or tname)
     p = Path(spec)
     if p.is_dir():
         return StudentEncoder(radio.load(p), name or p.name)
@@ -109,54 +174,79 @@ def load_encoder(spec: Union[str, dict, teacher_lib.TeacherSpec], name: Optional
 
 
 @dataclass
-class FeatureSet:
-    """Extracted features of one split. summary: (N, C); labels: name -> (N,) int64; keys: N sample keys."""
+class FeatureBank:
+    """Frozen features of one split, one row per sample.
+
+    summary: (N, C_s) float32; pooled: (N, C_f) float32, the mean of the patch features; dense: (N, C_f, h, w)
+    float16 patch grid, or None; labels: field -> (N,) int64 (-1 = unlabelled); masks: (N, H, W) int64 class
+    indices at `mask_size` (IGNORE = -1), or None; keys: N sample keys; skipped: corrupt samples skipped.
+    """
 
     summary: Tensor
+    pooled: Tensor
     labels: dict[str, Tensor]
     keys: list[str]
-    errors: int = 0
+    dense: Optional[Tensor] = None
+    masks: Optional[Tensor] = None
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def mask_transform(size: int):
+    """The geometry of `eval_transform(size)` (short side to `size`, centre crop) with nearest sampling."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    return T.Compose([T.Resize(size, interpolation=InterpolationMode.NEAREST_EXACT), T.CenterCrop(size)])
 
 
 @torch.no_grad()
-def extract(encoder: Encoder, shards: str, resolution: int, batch_size: int = 64,
-            label_fields: tuple[str, ...] = ("label",), limit: Optional[int] = None, progress: bool = True,
-            device: Union[str, torch.device] = "cpu") -> FeatureSet:
-    """Encode every sample of `shards` (resized and centre-cropped to the encoder's input size)."""
-    urls = resolve_shards(shards, "eval data")
+def extract_split(encoder: Encoder, split: "Split", resolution: int, batch_size: int = 64, dense: bool = False,
+                  masks: bool = False, mask_size: Optional[int] = None, limit: Optional[int] = None,
+                  progress: bool = True, device: Union[str, torch.device] = "cpu") -> FeatureBank:
+    """Encode every sample of `split` (resized and centre-cropped to the encoder's input size).
+
+    Args:
+        dense: keep the patch grids (segmentation probe). masks: read the masks, resized to `mask_size`
+            (default `resolution`) with the images' crop, so every model is scored on the same pixels.
+        limit: stop after this many samples.
+    """
+    import numpy as np
+
     size = encoder.input_size(resolution)
-    tf = eval_transform(size)
-    errors = ErrorCounter()
+    tf, mtf = eval_transform(size), mask_transform(mask_size or resolution)
     encoder.to(device)
-    summaries: list[Tensor] = []
-    labels: dict[str, list[int]] = {f: [] for f in label_fields}
+    out: dict[str, list[Tensor]] = {"summary": [], "pooled": [], "dense": [], "masks": []}
+    labels: dict[str, list[int]] = {f: [] for f in split.label_fields}
     keys: list[str] = []
     batch: list[Tensor] = []
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(desc=f"features {encoder.name}", unit="img", leave=False)
+        bar = tqdm(desc=f"features {encoder.name} {split.name}", unit="img", leave=False)
 
     def flush() -> None:
         if batch:
-            s, _ = encoder.encode(torch.stack(batch).to(device))
-            summaries.append(s.float().cpu())
+            s, f = encoder.encode(torch.stack(batch).to(device))
+            out["summary"].append(s.float().cpu())
+            out["pooled"].append(f.float().mean(dim=(2, 3)).cpu())
+            if dense:
+                out["dense"].append(f.half().cpu())
             if bar is not None:
                 bar.update(len(batch))
             batch.clear()
 
-    for raw in iter_raw_samples(urls, handler=errors):
-        try:
-            sample = decode_sample(raw)
-        except Exception as e:
-            errors(e)
-            continue
-        for f in label_fields:
-            v = sample.meta.get(f, -1) if f != "label" else sample.label
-            labels[f].append(int(v) if isinstance(v, (int, float)) else -1)
-        keys.append(sample.key)
-        batch.append(tf(sample.image))
+    for rec in split.records(masks=masks):
+        for f in labels:
+            labels[f].append(rec.labels.get(f, -1))
+        if masks:
+            m = torch.from_numpy(np.ascontiguousarray(rec.mask)).float()[None]  # nearest resize of exact integers
+            out["masks"].append(mtf(m)[0].long())
+        keys.append(rec.key)
+        batch.append(tf(rec.image))
         if len(batch) == batch_size:
             flush()
         if limit is not None and len(keys) >= limit:
@@ -165,13 +255,21 @@ def extract(encoder: Encoder, shards: str, resolution: int, batch_size: int = 64
     if bar is not None:
         bar.close()
     if not keys:
-        raise ValueError(f"eval data {shards!r}: no readable sample")
-    return FeatureSet(torch.cat(summaries), {f: torch.tensor(v) for f, v in labels.items()}, keys, errors.total)
+        raise ValueError(f"{split}: no readable sample")
+    return FeatureBank(torch.cat(out["summary"]), torch.cat(out["pooled"]),
+                       {f: torch.tensor(v, dtype=torch.long) for f, v in labels.items()}, keys,
+                       dense=torch.cat(out["dense"]) if dense else None,
+                       masks=torch.stack(out["masks"]) if masks else None,
+                       skipped=getattr(split, "skipped", 0))
 
 
 def describe(encoder: Encoder) -> dict[str, Any]:
+    """What the report says about a model: its kind and architecture facts."""
     if isinstance(encoder, TeacherEncoder):
         return {"kind": "teacher", **encoder.teacher.describe()}
-    m = encoder.model
-    return {"kind": "student", "embed_dim": m.embed_dim, "patch_size": m.resolution_step,
-            "teachers": m.teacher_names()}
+    if isinstance(encoder, StudentEncoder):
+        m = encoder.model
+        out = {"kind": "student", "embed_dim": m.embed_dim, "patch_size": m.resolution_step,
+               "teachers": m.teacher_names()}
+        return out | ({"num_tokens": encoder.num_tokens} if encoder.num_tokens is not None else {})
+    return {"kind": encoder.kind}

@@ -1,60 +1,251 @@
-"""Entry points of `radio eval`: run a probe on one or more models and write the report."""
+"""Entry points of `radio eval`: run probes on several models (students and teachers) into one report.
+
+`run_eval(["knn", "linear"], models, data, out)` loads every model once, extracts its frozen features of the train
+and val splits once, runs the probes on them, and writes report.json, report.md and the plots into `out`.
+"""
 from __future__ import annotations
 
 import json
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
-from eval.features import Encoder, describe, extract, load_encoder
+import torch
+
+from eval import probes as P
+from eval.datasets import Dataset, DatasetError, ShardSplit, open_dataset, read_info, shard_label_classes
+from eval.features import Encoder, FeatureBank, describe, extract_split, load_encoder
 from eval.knn import knn_eval
 from eval.report import write_report
+from eval.vlm import VLMConfig
+
+PROBES = ("knn", "linear", "seg", "zeroshot", "fidelity", "vlm")
+SYNTH_NOTE = ("Generated data: the masks are colour classes, a local and dense property, while shape (`label`), "
+              "position and count are global. Randomly initialised teachers (as in the demo) carry colour in their "
+              "patch features but little global information in their summaries (DESIGN.md section 5), so global-label "
+              "kNN and zero-shot sit near chance for them and for students distilled from them; the segmentation "
+              "probe and fidelity are the informative measures there.")
 
 
-def split_shards(data: str) -> tuple[str, str]:
-    """A data directory with train/ and val/ sub-folders (as `radio data synth` writes) -> two shard specs."""
-    p = Path(data)
-    train, val = p / "train", p / "val"
-    if not (train.is_dir() and val.is_dir()):
-        raise FileNotFoundError(f"--data {data!r}: expected sub-directories 'train' and 'val' holding shards")
-    return str(train), str(val)
+@dataclass
+class EvalOptions:
+    """Options shared by the probes (see `radio eval PROBE --help`)."""
+
+    resolution: int = 224
+    batch_size: int = 64
+    device: str = "cpu"
+    progress: bool = True
+    limit: Optional[int] = None
+    layout: Optional[str] = None
+    num_classes: Optional[int] = None
+    label_fields: Optional[tuple[str, ...]] = None
+    k: int = 20
+    temperature: float = 0.07
+    linear_epochs: int = 30
+    linear_lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    seg_epochs: int = 20
+    seg_lrs: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+    adaptor: Optional[str] = None
+    templates: str = "simple"
+    classnames: Optional[str] = None
+    resolutions: Optional[list[int]] = None
+    fidelity_images: int = 64
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    vlm_data: Optional[str] = None
+    vlm_limit: Optional[int] = 250
+    pca_images: int = 4
+    with_teachers: bool = False
 
 
 def label_fields_of(data: str, default: Sequence[str] = ("label",)) -> tuple[str, ...]:
-    info = Path(data) / "info.json"
-    if info.is_file():
-        meta = json.loads(info.read_text())
-        extra = [f"{k}_label" for k in meta.get("label_fields", {}) if k not in ("count", "shape")]
-        return tuple(dict.fromkeys([*default, *extra]))
-    return tuple(default)
+    """Label fields of a shard dataset: `label` plus `<name>_label` for the fields its info.json lists."""
+    return tuple(dict.fromkeys([*default, *shard_label_classes(read_info(Path(data)))]))
 
 
 def knn_probe(encoder: Encoder, train: str, val: str, resolution: int, label_fields: Sequence[str],
               k: int = 20, temperature: float = 0.07, batch_size: int = 64, progress: bool = True,
               device: str = "cpu") -> dict[str, Any]:
-    tr = extract(encoder, train, resolution, batch_size, tuple(label_fields), progress=progress, device=device)
-    te = extract(encoder, val, resolution, batch_size, tuple(label_fields), progress=progress, device=device)
-    out = {}
-    for f in label_fields:
-        if (tr.labels[f] >= 0).any() and (te.labels[f] >= 0).any():
-            out[f] = knn_eval(tr.summary, tr.labels[f], te.summary, te.labels[f], k=k, temperature=temperature)
-    out["_skipped_samples"] = tr.errors + te.errors
+    """kNN of `encoder` on train/val shards, per label field; `_skipped_samples` counts corrupt samples."""
+    info = read_info(Path(train).parent)
+    fields = tuple(label_fields)
+    tr = extract_split(encoder, ShardSplit(train, "train", info, fields), resolution, batch_size,
+                       progress=progress, device=device)
+    te = extract_split(encoder, ShardSplit(val, "val", info, fields), resolution, batch_size,
+                       progress=progress, device=device)
+    out: dict[str, Any] = knn_tasks(tr, te, k, temperature)
+    out["_skipped_samples"] = tr.skipped + te.skipped
     return out
+
+
+def knn_tasks(tr: FeatureBank, te: FeatureBank, k: int, temperature: float) -> dict[str, Any]:
+    return {f: knn_eval(tr.summary, tr.labels[f], te.summary, te.labels[f], k=k, temperature=temperature)
+            for f in tr.labels if (tr.labels[f] >= 0).any() and (te.labels[f] >= 0).any()}
+
+
+class Evaluation:
+    """One report: models x probes on one dataset (see module docstring)."""
+
+    def __init__(self, probes: Sequence[str], models: Sequence[Union[str, dict]], data: str, out: str | Path,
+                 opts: Optional[EvalOptions] = None, names: Optional[Sequence[str]] = None,
+                 encoders: Sequence[Encoder] = (), explicit: bool = True) -> None:
+        unknown = [p for p in probes if p not in PROBES]
+        if unknown:
+            raise ValueError(f"unknown probe(s) {unknown}; valid: {', '.join(PROBES)}, all")
+        self.probes, self.data, self.out, self.opts = list(probes), data, Path(out), opts or EvalOptions()
+        self.specs = list(models)
+        self.names = list(names or [])
+        self.given = list(encoders)
+        self.explicit = explicit
+        self.report: dict[str, Any] = {"title": "radio eval", "models": {}, "probes": {}, "plots": [], "notes": [],
+                                       "timing_s": {}}
+        self.pca: dict[str, torch.Tensor] = {}
+        self.pca_images: Optional[torch.Tensor] = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def note(self, text: str) -> None:
+        if text not in self.report["notes"]:
+            self.report["notes"].append(text)
+
+    def encoders(self) -> Iterator[Encoder]:
+        """The models one at a time (each loaded when its turn comes), with unique names."""
+        specs = list(self.specs)
+        if self.opts.with_teachers:
+            for s in self.specs:
+                if isinstance(s, str) and Path(s).is_dir() and (Path(s) / "config.json").is_file():
+                    recorded = json.loads((Path(s) / "config.json").read_text()).get("provenance", {})
+                    specs += [f"{s}::{t['name']}" for t in recorded.get("teacher_specs", [])]
+        seen: set[str] = set()
+        lazy = [lambda e=e: e for e in self.given]
+        lazy += [lambda i=i, s=s: load_encoder(s, self.names[i] if i < len(self.names) else None)
+                 for i, s in enumerate(specs)]
+        for make in lazy:
+            enc = make()
+            base, n = enc.name, 1
+            while enc.name in seen:  # the report is keyed by name
+                n += 1
+                enc.name = f"{base}-{n}"
+            seen.add(enc.name)
+            yield enc
+
+    def record(self, probe: str, model: str, result: Any) -> None:
+        self.report["probes"].setdefault(probe, {})[model] = result
+
+    # -- run -------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        o = self.opts
+        ds: Optional[Dataset] = None
+        if set(self.probes) - {"vlm"} or not o.vlm_data:
+            ds = open_dataset(self.data, o.layout, o.num_classes, o.label_fields)
+            self.report["data"] = {"root": str(ds.root), "layout": ds.layout, "resolution": o.resolution,
+                                   "label_fields": list(ds.classes),
+                                   "seg_classes": ds.seg.classes if ds.seg else None}
+        probes = []
+        for p in self.probes:
+            reason = P.data_support(p, ds, o)
+            if reason is None:
+                probes.append(p)
+            elif self.explicit:
+                raise DatasetError(f"{self.data}: {reason}")
+            else:
+                self.note(f"skipped {reason}")
+        conversations = P.vlm_conversations(ds, o, self.out) if "vlm" in probes else None
+        for enc in self.encoders():
+            self.report["models"][enc.name] = describe(enc)
+            self.run_model(enc, ds, probes, conversations)
+            enc.to("cpu")  # free the accelerator for the next model
+        self.write_plots()
+        for n in protocol_notes(probes, o):
+            self.note(n)
+        if ds is not None and P.is_synth(ds):
+            self.note(SYNTH_NOTE)
+        write_report(self.out, self.report)
+        return self.report
+
+    def run_model(self, enc: Encoder, ds: Optional[Dataset], probes: list[str], conversations) -> None:
+        o = self.opts
+        tr = te = None
+        if {"knn", "linear", "seg"} & set(probes):
+            t0 = time.perf_counter()
+            tr, te = P.features(enc, ds, o, dense="seg" in probes)
+            self.report["timing_s"].setdefault(enc.name, {})["features"] = round(time.perf_counter() - t0, 2)
+            self.report["models"][enc.name]["skipped_samples"] = tr.skipped + te.skipped
+        steps = {"knn": lambda: knn_tasks(tr, te, o.k, o.temperature), "linear": lambda: P.linear(tr, te, o),
+                 "seg": lambda: P.seg(tr, te, ds, o), "zeroshot": lambda: P.zeroshot(enc, ds, te, o),
+                 "fidelity": lambda: P.fidelity(enc, ds, o), "vlm": lambda: P.vlm(enc, conversations, o)}
+        for p in probes:
+            t0 = time.perf_counter()
+            try:
+                self.record(p, enc.name, steps[p]())
+            except P.ProbeSkipped as e:
+                self.note(f"skipped {e}")
+            self.report["timing_s"].setdefault(enc.name, {})[p] = round(time.perf_counter() - t0, 2)
+            if o.progress:
+                print(f"[{enc.name}] {p}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        if o.pca_images and ds is not None:
+            images, maps = P.pca_maps(enc, ds, o)
+            self.pca_images, self.pca[enc.name] = images, maps
+
+    def write_plots(self) -> None:
+        from eval import plots
+
+        probes, plots_out = self.report["probes"], self.report["plots"]
+        if "fidelity" in probes:
+            plots_out.append(str(plots.plot_fidelity(probes["fidelity"], self.out / "fidelity_vs_resolution.png")))
+        if self.pca:
+            plots_out.append(str(plots.plot_pca(self.pca_images, self.pca, self.out / "pca_features.png")))
+        for p, metric in (("linear", "top1"), ("seg", "mIoU")):
+            if p in probes:
+                plots_out.append(str(plots.plot_probe_curves(p, probes[p], self.out / f"{p}_curves.png", metric)))
+        if "vlm" in probes:
+            curves = {m: r["qa"] for m, r in probes["vlm"].items()}
+            plots_out.append(str(plots.plot_vlm_curves(curves, self.out / "vlm_curves.png")))
+
+
+def protocol_notes(probes: Sequence[str], o: EvalOptions) -> list[str]:
+    """One line per probe run: how it was measured."""
+    text = {
+        "knn": f"kNN: L2-normalized summary vectors, cosine similarity, k = {o.k}, T = {o.temperature}, votes "
+               f"exp(sim / T) summed per class.",
+        "linear": f"Linear probe: frozen features standardized with training statistics; heads for every pooling "
+                  f"(summary, patch mean, both) x learning rate {list(o.linear_lrs)}, AdamW + cosine, "
+                  f"{o.linear_epochs} epochs, trained in one pass; the best head on val is reported (DINOv2's "
+                  f"protocol; on a small val split the choice is optimistic, equally for every model).",
+        "seg": f"Segmentation probe: frozen patch features, BatchNorm + 1x1 conv, logits bilinearly upsampled "
+               f"(trained against labels at 4 pixels per patch, scored at the full {o.resolution}-px masks), "
+               f"learning rates {list(o.seg_lrs)}, {o.seg_epochs} epochs, best on val; mIoU over the classes present "
+               f"in predictions or targets, ignored pixels skipped.",
+        "zeroshot": f"Zero-shot: students through their CLIP/SigLIP adaptor summary, teachers through their own "
+                    f"image embedding, against the teacher's text embeddings of the {o.templates!r} templates.",
+        "fidelity": "Fidelity: Var(teacher) / MSE(student adaptor, teacher) over all images and positions, per "
+                    "teacher and student resolution; dense teachers at the same patch grid, fixed-size teachers "
+                    "at their native size, teacher features resized to the student grid.",
+        "vlm": "VLM probe (LLaVA-1.5 protocol): frozen tower, LayerNorm + MLP projector into the LM, stage 1 "
+               "projector only, stage 2 projector + LM; greedy answers scored by exact match; the majority "
+               "baseline answers each question with its most frequent training answer.",
+    }
+    return [text[p] for p in probes if p in text]
+
+
+def run_eval(probes: Sequence[str], models: Sequence[Union[str, dict]], data: str, out: str | Path,
+             opts: Optional[EvalOptions] = None, names: Optional[Sequence[str]] = None,
+             encoders: Sequence[Encoder] = ()) -> dict[str, Any]:
+    """Run `probes` ("all" expands to every probe the data allows) on `models` and extra `encoders`; writes the
+    report into `out` and returns it."""
+    explicit = list(probes) != ["all"]
+    probes = list(probes) if explicit else list(PROBES)
+    return Evaluation(probes, models, data, out, opts, names, encoders, explicit).run()
 
 
 def run_knn(models: Sequence[Union[str, dict]], data: str, out: str | Path, resolution: int = 224,
             label_fields: Optional[Sequence[str]] = None, k: int = 20, temperature: float = 0.07,
             batch_size: int = 64, names: Optional[Sequence[str]] = None, progress: bool = True,
             device: str = "cpu") -> dict[str, Any]:
-    """kNN probe of every model on `data` (train/ and val/ shards); writes report.json + report.md in `out`."""
-    train, val = split_shards(data)
-    fields = tuple(label_fields or label_fields_of(data))
-    report: dict[str, Any] = {"title": "radio eval: kNN", "models": {}, "probes": {"knn": {}},
-                              "data": {"train": train, "val": val, "resolution": resolution}}
-    for i, spec in enumerate(models):
-        enc = load_encoder(spec, names[i] if names else None)
-        res = knn_probe(enc, train, val, resolution, fields, k, temperature, batch_size, progress, device)
-        skipped = res.pop("_skipped_samples")
-        report["models"][enc.name] = describe(enc) | {"skipped_samples": skipped}
-        report["probes"]["knn"][enc.name] = res
-    write_report(out, report)
-    return report
+    """kNN probe of every model on `data`; writes report.json + report.md in `out`."""
+    opts = EvalOptions(resolution=resolution, batch_size=batch_size, device=device, progress=progress, k=k,
+                       temperature=temperature, label_fields=tuple(label_fields) if label_fields else None,
+                       pca_images=0)
+    return run_eval(["knn"], models, data, out, opts, names)
+
+

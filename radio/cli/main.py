@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from radio.cli.eval_cmd import add_eval_parser
+
 FIT_HELP = ("distill with a recipe (LightningCLI): radio fit --config RECIPE [--key value ...]; "
             "see `radio fit --help`")
 
@@ -80,18 +82,6 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(a: argparse.Namespace) -> int:
-    from eval.run import run_knn
-
-    report = run_knn(a.model, a.data, a.out, resolution=a.resolution,
-                     label_fields=a.label_field or None, k=a.k, temperature=a.temperature,
-                     batch_size=a.batch_size, device=a.device)
-    for name, per_field in report["probes"]["knn"].items():
-        print(f"{name}: " + ", ".join(f"{f} top-1 {r['top1']:.4f}" for f, r in per_field.items()))
-    print(f"report: {a.out}/report.md")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radio", description="Agglomerative vision-encoder distillation.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -148,20 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: skip the onnxruntime vs PyTorch comparison at two resolutions")
     e.set_defaults(func=_cmd_export)
 
-    ev = sub.add_parser("eval", help="probing benchmarks on exported students and teachers")
-    evs = ev.add_subparsers(dest="probe", metavar="PROBE", required=True)
-    k = evs.add_parser("knn", help="kNN top-1 on summary features (k=20, T=0.07)")
-    k.add_argument("--model", action="append", required=True,
-                   help="export dir, EXPORT_DIR::TEACHER, teacher config file or teacher name (repeatable)")
-    k.add_argument("--data", required=True, help="directory with train/ and val/ shards")
-    k.add_argument("--out", required=True)
-    k.add_argument("--resolution", type=int, default=224)
-    k.add_argument("--label-field", action="append", help="json label field(s) (default: label + info.json's)")
-    k.add_argument("--k", type=int, default=20)
-    k.add_argument("--temperature", type=float, default=0.07)
-    k.add_argument("--batch-size", type=int, default=64)
-    k.add_argument("--device", default="cpu")
-    k.set_defaults(func=_cmd_eval)
+    add_eval_parser(sub)
     return p
 
 
