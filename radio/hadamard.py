@@ -11,7 +11,7 @@ References: Sylvester (1867); Paley, "On orthogonal matrices" (1933); PHI-S (Ran
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import Optional
 
 import torch
@@ -51,33 +51,33 @@ def sylvester(n: int) -> Tensor:
     return h
 
 
+def _bordered_jacobsthal(q: int, first_column: int) -> Tensor:
+    """(q + 1, q + 1): [[0, 1^T], [first_column * 1, Q]] with Q the Jacobsthal matrix of GF(q)."""
+    m = torch.zeros(q + 1, q + 1, dtype=torch.int64)
+    m[0, 1:] = 1
+    m[1:, 0] = first_column
+    m[1:, 1:] = _jacobsthal(q)
+    return m
+
+
 def paley1(q: int) -> Tensor:
-    """Paley I: order q + 1 for a prime q = 3 (mod 4). H = I + [[0, 1^T], [-1, Q]]."""
+    """Paley I: order q + 1 for a prime q = 3 (mod 4). H = I + S, S = [[0, 1^T], [-1, Q]] skew-symmetric."""
     if not (_is_prime(q) and q % 4 == 3):
         raise HadamardError(f"Paley I needs a prime q = 3 mod 4, got {q}")
-    n = q + 1
-    s = torch.zeros(n, n, dtype=torch.int64)
-    s[0, 1:] = 1
-    s[1:, 0] = -1
-    s[1:, 1:] = _jacobsthal(q)
-    return torch.eye(n, dtype=torch.int64) + s
+    return torch.eye(q + 1, dtype=torch.int64) + _bordered_jacobsthal(q, -1)
 
 
 def paley2(q: int) -> Tensor:
-    """Paley II: order 2 (q + 1) for a prime q = 1 (mod 4), from the symmetric conference matrix C."""
+    """Paley II: order 2 (q + 1) for a prime q = 1 (mod 4), from the symmetric conference matrix
+    C = [[0, 1^T], [1, Q]]: each 0 of C becomes [[1, -1], [-1, -1]] and each +-1 becomes +-[[1, 1], [1, -1]]."""
     if not (_is_prime(q) and q % 4 == 1):
         raise HadamardError(f"Paley II needs a prime q = 1 mod 4, got {q}")
-    n = q + 1
-    c = torch.zeros(n, n, dtype=torch.int64)
-    c[0, 1:] = 1
-    c[1:, 0] = 1
-    c[1:, 1:] = _jacobsthal(q)
     plus = torch.tensor([[1, 1], [1, -1]], dtype=torch.int64)
     zero = torch.tensor([[1, -1], [-1, -1]], dtype=torch.int64)
-    return torch.kron(c, plus) + torch.kron(torch.eye(n, dtype=torch.int64), zero)
+    return torch.kron(_bordered_jacobsthal(q, 1), plus) + torch.kron(torch.eye(q + 1, dtype=torch.int64), zero)
 
 
-@lru_cache(maxsize=None)
+@cache
 def construction(n: int) -> Optional[str]:
     """A recipe string for order n ("sylvester", "paley1(q)", "paley2(q)", "AxB"), or None if none is known."""
     if n in (1, 2) or (n > 0 and n & (n - 1) == 0):

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from radio.hadamard import normalized_hadamard
+from radio.hadamard import construction, hadamard, normalized_hadamard
 from radio.registry import Registry
 
 NORMALIZERS: Registry[type["Normalizer"]] = Registry("normalizer")
@@ -213,14 +213,21 @@ class AffineNormalizer(Normalizer):
     def forward(self, x: Tensor) -> Tensor:
         """(..., C) teacher features -> (..., C) normalized, float32 (never autocast)."""
         self._check(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return (x.float() - self.mu) @ self.weight.T
+        return _float32(lambda: (x.float() - self.mu) @ self.weight.T, x)
 
     def inverse(self, y: Tensor) -> Tensor:
         """(..., C) normalized -> (..., C) in the teacher's space, float32 (never autocast)."""
         self._check(y)
-        with torch.autocast(device_type=y.device.type, enabled=False):
-            return y.float() @ self.weight_inv.T + self.mu
+        return _float32(lambda: y.float() @ self.weight_inv.T + self.mu, y)
+
+
+def _float32(fn, x: Tensor) -> Tensor:
+    """Run fn outside autocast (the statistics are float32 and bf16 would cost ~3 digits); no context manager
+    when autocast is off, so exporters see plain arithmetic."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return fn()
+    return fn()
 
 
 def _eigh(cov: Tensor) -> tuple[Tensor, Tensor]:
@@ -270,15 +277,16 @@ class PHIS(AffineNormalizer):
     """
 
     def __init__(self, dim: int, eps: float = 1e-8) -> None:
+        if construction(dim) is None:
+            hadamard(dim)  # raises HadamardError naming the order and why
         super().__init__(dim, eps)
-        self.register_buffer("hadamard", normalized_hadamard(dim, torch.float64), persistent=False)
         self.register_buffer("phi", torch.ones((), dtype=torch.float64))
         self.register_buffer("rotation", torch.eye(dim))
 
     def transform(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         lam, u = _eigh(cov)
         phi = lam.mean().clamp_min(self.eps).sqrt()
-        rot = self.hadamard.to(cov) @ u.T
+        rot = normalized_hadamard(self.dim).to(cov) @ u.T
         self.phi.copy_(phi)
         self.rotation.copy_(rot.float())
         return mean, rot / phi, rot.T * phi
@@ -292,11 +300,8 @@ def build_normalizer(kind: str, dim: int) -> Normalizer:
 def check_normalizer(kind: str, dim: int) -> None:
     """Raise (naming the problem) if `build_normalizer(kind, dim)` would fail, without building it."""
     NORMALIZERS.get(kind)
-    if kind == "phis":
-        from radio.hadamard import construction, hadamard
-
-        if construction(dim) is None:
-            hadamard(dim)  # raises HadamardError with the reason
+    if kind == "phis" and construction(dim) is None:
+        hadamard(dim)  # raises HadamardError with the reason
 
 
 __all__ = ["NORMALIZERS", "Moments", "Normalizer", "IdentityNormalizer", "AffineNormalizer", "GlobalStdNormalizer",

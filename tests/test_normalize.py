@@ -191,3 +191,14 @@ def test_statistics_are_all_reduced_across_ranks():
         assert torch.allclose(fit_w, once.weight, atol=1e-5) and torch.allclose(frozen_w, once.weight, atol=1e-5)
         assert torch.allclose(m2, once.running_m2, rtol=1e-9)
     assert all_reduce_moments(batch_moments(x)).n.item() == 3000  # no process group: the identity
+
+
+def test_normalizer_runs_in_float32_even_under_autocast():
+    x = correlated(500, 12).float()
+    n = PHIS(12)
+    n.update(x)
+    n.fit()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, back = n(x), n.inverse(x)
+    assert y.dtype == back.dtype == torch.float32
+    assert torch.equal(y, n(x)) and torch.equal(back, n.inverse(x))

@@ -95,7 +95,7 @@ class ShardDataModule(L.LightningDataModule):
         num_workers: loader worker processes.
         shuffle_buffer: samples held for shuffling.
         min_crop_scale: lower bound of the random resized crop's area fraction.
-        seed: seed of the shard resampling.
+        seed: seed of the shard resampling (per rank and worker) and of the shuffle buffer: runs are repeatable.
     """
 
     def __init__(self, shards: str, val_shards: Optional[str] = None, resolution: Optional[int] = None,
@@ -142,7 +142,7 @@ class ShardDataModule(L.LightningDataModule):
         ds = wds.DataPipeline(
             wds.ResampledShards(self._train_urls, seed=self.seed, deterministic=True),
             wds.tarfile_to_samples(handler=self.errors),
-            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100)),
+            wds.detshuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed),
             wds.map(decode_sample, handler=self.errors),
             PartitionBatcher(self.schedule, self.min_crop_scale, self._start_step()),
         )

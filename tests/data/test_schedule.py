@@ -79,3 +79,13 @@ def test_resume_starts_at_the_trainers_step(synth_dir):
     dm.trainer = FakeTrainer()
     batch = next(iter(dm.train_dataloader()))
     assert batch["step"] == 4 and batch["stage"] == 1
+
+
+def test_sample_order_is_repeatable(synth_dir):
+    def keys(seed):
+        dm = ShardDataModule(str(synth_dir / "train"), resolution=32, batch_size=8, num_workers=0,
+                             shuffle_buffer=32, seed=seed)
+        return [k for _, b in zip(range(3), dm.train_dataloader()) for k in b["partitions"][0]["key"]]
+
+    first = keys(0)
+    assert first == keys(0) and first != keys(1)
