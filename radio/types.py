@@ -29,3 +29,17 @@ class AdaptorOutput(NamedTuple):
 
     summary: Optional[Tensor]
     features: Tensor
+
+
+class IntermediatesOutput(NamedTuple):
+    """Backbone outputs after selected blocks (`RADIOModel.forward_intermediates`).
+
+    intermediates: one StudentOutput per selected block, in block order; its summary (B, C_summary) is that
+        block's summary tokens concatenated, its features (B, N, C) or (B, C, h, w) that block's patch tokens.
+    indices: the selected block indices (non-negative, ascending), one per entry of `intermediates`.
+    final: the StudentOutput of the last block (what `model(x)` returns), or None when `stop_early` was asked.
+    """
+
+    intermediates: list[StudentOutput]
+    indices: list[int]
+    final: Optional[StudentOutput]

@@ -3,9 +3,12 @@
     t = teachers.build("dino_v2")                       # pretrained default
     t = teachers.build({"name": "clip", "pretrained": False, "arch": {...}})
     out = t(images)                                      # TeacherOutput(summary (B, C), features (B, C, h, w))
+
+Families: clip, siglip (open_clip), dino_v2 (timm), sam (segment_anything), hf (transformers vision towers).
 """
-from teachers.base import Teacher, TeacherOutput, TeacherSpec
+from teachers._weights import TeacherWeightsError
+from teachers.base import CanvasRegion, Teacher, TeacherOutput, TeacherSpec
 from teachers.registry import TEACHERS, as_spec, available, build, register_teacher
 
-__all__ = ["Teacher", "TeacherOutput", "TeacherSpec", "TEACHERS", "as_spec", "available", "build",
-           "register_teacher"]
+__all__ = ["CanvasRegion", "Teacher", "TeacherOutput", "TeacherSpec", "TeacherWeightsError", "TEACHERS", "as_spec",
+           "available", "build", "register_teacher"]

@@ -19,6 +19,27 @@ class TeacherOutput(NamedTuple):
     features: Tensor
 
 
+class CanvasRegion(NamedTuple):
+    """Where an input image lies on the canvas a teacher actually runs on.
+
+    The convention (segment_anything's): the image is resized and placed at the canvas's top-left corner; any
+    padding is at the bottom and the right. A teacher that runs on the image as given has the whole canvas.
+
+    Attributes:
+        height, width: pixels of the (resized) image on the canvas.
+        grid_height, grid_width: feature cells, counted from the top-left cell, that hold image pixels: crop a
+            (B, C, h, w) feature grid to `features[..., :grid_height, :grid_width]` to drop the padding. A cell
+            on the image's border may be part padding (ceil of pixels / patch size).
+        scale: canvas pixels per input pixel.
+    """
+
+    height: int
+    width: int
+    grid_height: int
+    grid_width: int
+    scale: float
+
+
 @dataclass
 class TeacherSpec:
     """How to build one teacher.
@@ -32,6 +53,8 @@ class TeacherSpec:
             random initialisation unless `pretrained` is a local path.
         input_size: resolution the teacher runs at when it has a fixed one (default: its native size).
         seed: seed for random initialisation, so that a random teacher is rebuilt identically.
+        options: family-specific options, checked by the family (unknown keys are an error), e.g.
+            sam: {features: neck | pre_neck}; hf: {dynamic_resolution, trust_remote_code, mean, std}.
     """
 
     name: str
@@ -40,6 +63,7 @@ class TeacherSpec:
     arch: Optional[dict[str, Any]] = None
     input_size: Optional[int] = None
     seed: int = 0
+    options: Optional[dict[str, Any]] = None
 
 
 class Teacher(nn.Module):
@@ -86,6 +110,10 @@ class Teacher(nn.Module):
             return grid[0] * self.patch_size, grid[1] * self.patch_size
         return self.input_size, self.input_size
 
+    def valid_region(self, h: int, w: int) -> CanvasRegion:
+        """Region of the canvas that holds an (h, w) input (see CanvasRegion); here the whole input."""
+        return CanvasRegion(h, w, -(-h // self.patch_size), -(-w // self.patch_size), 1.0)
+
     def check_resolution(self, h: int, w: int) -> None:
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"teacher {self.name!r}: input {h}x{w} is not a multiple of its patch size "
@@ -93,14 +121,20 @@ class Teacher(nn.Module):
         if not self.dynamic_resolution and (h, w) != (self.input_size, self.input_size):
             raise ValueError(f"teacher {self.name!r} runs only at {self.input_size}x{self.input_size}, got {h}x{w}")
 
+    def _prepare(self, x: Tensor) -> Tensor:
+        """Geometric preprocessing on images in [0, 1] before normalization (e.g. SAM's resize); default none."""
+        return x
+
     def _forward(self, x: Tensor) -> TeacherOutput:
         """Run the wrapped model on normalized images; implemented by each adapter."""
         raise NotImplementedError
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> TeacherOutput:
+        """Images in [0, 1], (B, 3, H, W) -> TeacherOutput(summary (B, C_s) or None, features (B, C, h, w))."""
         self.check_resolution(*x.shape[-2:])
-        x = (x.float() - self._mean) / self._std
+        x = self._prepare(x.float())
+        x = (x - self._mean) / self._std
         on_gpu = x.is_cuda
         if on_gpu:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -114,5 +148,15 @@ class Teacher(nn.Module):
         return {
             "name": self.name, "model": self.model_name, "patch_size": self.patch_size,
             "input_size": self.input_size, "summary_dim": self.summary_dim, "feature_dim": self.feature_dim,
-            "dynamic_resolution": self.dynamic_resolution,
+            "dynamic_resolution": self.dynamic_resolution, "mean": list(self.mean), "std": list(self.std),
         }
+
+
+def resolve_options(teacher: str, given: Optional[dict[str, Any]], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A family's options: `defaults` updated by `given`; an unknown key is an error listing the valid ones."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise ValueError(f"teacher {teacher!r}: unknown option(s) {unknown}; valid options: {valid}")
+    return {**defaults, **given}

@@ -67,4 +67,4 @@ def _load_families() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from teachers import dinov2, open_clip  # noqa: F401
+    from teachers import dinov2, hf, open_clip, sam  # noqa: F401

@@ -8,14 +8,15 @@ def test_demo_produces_a_report_with_knn_for_student_and_each_teacher(tmp_path):
     assert md == tmp_path / "demo" / "report.md" and md.is_file()
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     knn = report["probes"]["knn"]
-    assert set(knn) == {"student", "clip", "dino_v2"}
+    assert set(knn) == {"student", "clip", "dino_v2", "sam"}
     for model, per_field in knn.items():
         assert 0.0 <= per_field["label"]["top1"] <= 1.0 and per_field["label"]["k"] == 20
     train_loss = report["training"]["metrics"]["train/loss"]
     assert train_loss["last"] < train_loss["first"]
     assert (tmp_path / "demo" / "loss_curve.png").stat().st_size > 10_000
     text = md.read_text()
-    assert "| student |" in text and "| clip |" in text and "| dino_v2 |" in text and "loss_curve.png" in text
+    assert "| student |" in text and "| clip |" in text and "| dino_v2 |" in text and "| sam |" in text
+    assert "loss_curve.png" in text
     assert (tmp_path / "demo" / "student" / "model.safetensors").is_file()
     # fidelity vs resolution, measured during training, is in the report and rises
     fid = report["training_fidelity"]

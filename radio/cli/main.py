@@ -63,10 +63,22 @@ def _cmd_cache(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from radio.export import export_checkpoint
+    import json
 
-    out = export_checkpoint(a.ckpt, a.out, fmt=a.format)
-    print(f"exported {a.ckpt} -> {out}")
+    from radio.export import CONFIG_NAME, export_checkpoint
+
+    adaptors = [] if a.no_adaptors else a.adaptors
+    out = export_checkpoint(a.ckpt, a.out, fmt=a.format, adaptors=adaptors, num_tokens=a.num_tokens,
+                            report=a.report, verify_onnx=not a.no_check)
+    config = json.loads((out / CONFIG_NAME).read_text())
+    config = config.get("radio_config", config)
+    kept = [t["name"] for t in config["teachers"] if t.get("has_adaptor", True)]
+    print(f"exported {a.ckpt} -> {out} ({a.format}; adaptors: {', '.join(kept) or 'none'})")
+    if config.get("provenance", {}).get("report"):
+        print(f"model card includes the eval results of {config['provenance']['report']}")
+    for size, r in (config.get("onnx") or {}).get("check", {}).items():
+        print(f"onnxruntime vs PyTorch at {size}: max abs difference {r['max_abs_diff']:.2e} "
+              f"(largest output {r['max_abs_value']:.3g})")
     return 0
 
 
@@ -122,7 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="checkpoint -> self-describing student directory")
     e.add_argument("ckpt", help="a checkpoint written by radio fit")
     e.add_argument("--out", required=True)
-    e.add_argument("--format", default="safetensors", choices=["safetensors"])
+    e.add_argument("--format", default="safetensors", choices=["safetensors", "hf", "onnx"],
+                   help="safetensors: radio.load / timm; hf: transformers AutoModel (also radio.load); "
+                        "onnx: model.onnx with dynamic batch, height and width (default: safetensors)")
+    keep = e.add_mutually_exclusive_group()
+    keep.add_argument("--adaptors", nargs="+", metavar="NAME", default=None,
+                      help="keep only these teachers' adaptor heads (default: all)")
+    keep.add_argument("--no-adaptors", action="store_true", help="drop every adaptor head (backbone only)")
+    e.add_argument("--num-tokens", type=int, default=None,
+                   help="default output-token budget stored in config.json (defaults.num_tokens)")
+    e.add_argument("--report", default=None,
+                   help="report.json whose eval results go into the model card (default: one found next to "
+                        "the checkpoint's run)")
+    e.add_argument("--no-check", action="store_true",
+                   help="onnx: skip the onnxruntime vs PyTorch comparison at two resolutions")
     e.set_defaults(func=_cmd_export)
 
     ev = sub.add_parser("eval", help="probing benchmarks on exported students and teachers")
@@ -144,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from radio.export import ExportError
     from radio.train.validate import ConfigError
 
     try:
@@ -154,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, ExportError, FileNotFoundError) as e:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2
 

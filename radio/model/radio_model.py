@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from radio.model.adaptors import AdaptorConfig, TeacherAdaptor
 from radio.model.vit import RADIOStudent, StudentConfig
 from radio.normalize import build_normalizer
-from radio.types import AdaptorOutput, StudentOutput
+from radio.types import AdaptorOutput, IntermediatesOutput, StudentOutput
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: TeacherHead.has_adaptor (exports may drop adaptor heads)
 
 
 @dataclass
@@ -30,6 +30,8 @@ class TeacherHead:
         feature_dim: width of the teacher's patch features.
         patch_size: the teacher's patch size (informational; used by tools that compare grids).
         normalizer: name of the feature normalizer ("none", "phis", ...).
+        has_adaptor: whether the model carries this teacher's adaptor heads and normalizer. An export may drop
+            them (`radio export --no-adaptors`); the teacher's summary token stays in the backbone either way.
     """
 
     name: str
@@ -37,6 +39,7 @@ class TeacherHead:
     feature_dim: int
     patch_size: int = 16
     normalizer: str = "none"
+    has_adaptor: bool = True
 
 
 @dataclass
@@ -121,10 +124,10 @@ class RADIOModel(nn.Module):
         self.summary_teachers = [t.name for t in config.teachers if t.summary_dim]
         self.backbone = RADIOStudent(config.student, num_summary_tokens=len(self.summary_teachers))
         dim = self.backbone.embed_dim
+        heads = [t for t in config.teachers if t.has_adaptor]
         self.adaptors = nn.ModuleDict(
-            {t.name: TeacherAdaptor(dim, t.summary_dim, t.feature_dim, config.adaptor) for t in config.teachers})
-        self.normalizers = nn.ModuleDict(
-            {t.name: build_normalizer(t.normalizer, t.feature_dim) for t in config.teachers})
+            {t.name: TeacherAdaptor(dim, t.summary_dim, t.feature_dim, config.adaptor) for t in heads})
+        self.normalizers = nn.ModuleDict({t.name: build_normalizer(t.normalizer, t.feature_dim) for t in heads})
         mean = torch.tensor(config.student.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(config.student.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("input_mean", mean, persistent=False)
@@ -174,7 +177,8 @@ class RADIOModel(nn.Module):
             AdaptorOutput with summary (B, C_s) or None and features (B, N, C_t).
         """
         if name not in self.adaptors:
-            raise KeyError(f"unknown adaptor {name!r}; this model has: {', '.join(self.adaptors)}")
+            dropped = " (it was dropped at export)" if name in self.teacher_names() else ""
+            raise KeyError(f"unknown adaptor {name!r}{dropped}; this model has: {', '.join(self.adaptors) or 'none'}")
         head = self.adaptors[name]
         summary = None
         if head.summary is not None:
@@ -205,3 +209,40 @@ class RADIOModel(nn.Module):
             a = self.adapt(name, tokens)
             out[name] = AdaptorOutput(a.summary, self._fmt(a.features, tokens.grid, feature_fmt))
         return out
+
+    def forward_intermediates(self, x: Tensor, indices: Optional[int | Sequence[int]] = None,
+                              feature_fmt: str = "NLC", stop_early: bool = False) -> IntermediatesOutput:
+        """Backbone outputs after selected blocks (e.g. for dense heads or VLMs that read several layers).
+
+        Runs the plain backbone (timm `forward_intermediates`; the final norm is an identity, so the last block's
+        entry equals `model(x)`).
+
+        Args:
+            x: (B, 3, H, W) images in [0, 1], H and W multiples of `resolution_step`.
+            indices: an int n takes the last n blocks; a sequence takes those blocks (negative indices count
+                from the end); None takes every block.
+            feature_fmt: "NLC" for (B, N, C) features or "NCHW" for (B, C, h, w).
+            stop_early: stop after the last selected block; `final` is then None.
+        Returns:
+            IntermediatesOutput(intermediates, indices, final).
+        """
+        from timm.models._features import feature_take_indices
+
+        self._check_input(x)
+        if feature_fmt not in ("NLC", "NCHW"):
+            raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
+        step = self.resolution_step
+        grid = (x.shape[-2] // step, x.shape[-1] // step)
+        x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
+        take, _ = feature_take_indices(len(self.backbone.blocks), indices)
+        out = self.backbone.forward_intermediates(x, indices=indices, return_prefix_tokens=True, output_fmt="NLC",
+                                                  stop_early=stop_early, intermediates_only=stop_early)
+        inter, final_tokens = (out, None) if stop_early else (out[1], out[0])
+        n_sum = self.backbone.num_summary_tokens
+        outputs = [StudentOutput(prefix[:, :n_sum].flatten(1), self._fmt(patches, grid, feature_fmt))
+                   for patches, prefix in inter]
+        final = None
+        if final_tokens is not None:
+            summary, patches = self.backbone.split_tokens(final_tokens)
+            final = StudentOutput(summary.flatten(1), self._fmt(patches, grid, feature_fmt))
+        return IntermediatesOutput(outputs, sorted({int(i) for i in take}), final)

@@ -7,6 +7,7 @@ import teachers
 from eval.report import read_metrics_csv
 from radio.cli.fit import run_fit
 from radio.export import export_checkpoint, load, read_checkpoint
+from radio.model.radio_model import FORMAT_VERSION
 from radio.train.validate import ConfigError
 from tests.helpers import TINY_CLIP, TINY_DINO, tiny_recipe, write_recipe
 
@@ -49,7 +50,7 @@ def test_checkpoint_export_load_is_bit_identical(fitted, tmp_path):
     cli, _ = fitted
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     raw = read_checkpoint(ckpt)  # weights_only=True works on our checkpoints
-    assert raw["radio_model_config"]["format_version"] == 1
+    assert raw["radio_model_config"]["format_version"] == FORMAT_VERSION
     out = export_checkpoint(ckpt, tmp_path / "student")
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
     model = load(out)

@@ -1,0 +1,288 @@
+"""Native export (`radio export --format safetensors`), `radio.load`, timm loading, errors and the model card."""
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+import radio
+from radio.cli.main import main
+from radio.export import ExportError, export_checkpoint, file_sha256, load, read_checkpoint
+from radio.model.radio_model import FORMAT_VERSION, nearest_valid_sizes
+from radio.types import StudentOutput
+from tests.helpers import NAMES, assert_same_outputs, reference_model
+
+
+@pytest.fixture(scope="module")
+def native(fit_checkpoint, tmp_path_factory):
+    return export_checkpoint(fit_checkpoint, tmp_path_factory.mktemp("native") / "student")
+
+
+def test_checkpoint_export_load_bit_identical(fit_checkpoint, native):
+    ref, model = reference_model(fit_checkpoint), load(native)
+    assert not model.training
+    # every buffer, including the non-persistent ones rebuilt from the config (built on the meta device)
+    ref_buffers = dict(ref.named_buffers())
+    assert ref_buffers.keys() == dict(model.named_buffers()).keys()
+    assert all(torch.equal(ref_buffers[k], v) for k, v in model.named_buffers())
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    for shape in [(2, 3, 64, 64), (1, 3, 48, 112)]:  # the training resolution and one never used in training
+        assert_same_outputs(ref, model, torch.rand(*shape))
+    a, b = ref.forward_intermediates(torch.ones(1, 3, 32, 48)), model.forward_intermediates(torch.ones(1, 3, 32, 48))
+    assert a.indices == b.indices == [0, 1]
+    for ia, ib in zip(a.intermediates, b.intermediates):
+        assert torch.equal(ia.summary, ib.summary) and torch.equal(ia.features, ib.features)
+    cfg = json.loads((native / "config.json").read_text())
+    assert cfg["format_version"] == FORMAT_VERSION and cfg["weights_sha256"] == file_sha256(native / "model.safetensors")
+    assert cfg["preprocessing"]["resolution_step"] == 16 and cfg["preprocessing"]["mean"] == list(ref.config.student.mean)
+
+
+def test_adaptor_outputs_are_mapped_back_through_the_inverse_normalizer(native):
+    model = load(native)
+    x = torch.rand(2, 3, 64, 48)
+    with torch.no_grad():
+        tokens = model.forward_tokens(x)
+        out = model(x, adaptors=NAMES)
+        for n in NAMES:
+            normalized = model.adapt(n, tokens, normalized=True).features
+            assert torch.equal(out[n].features, model.normalizers[n].inverse(normalized))
+            assert torch.allclose(model.normalizers[n](out[n].features), normalized, atol=1e-5)
+        # the CLIP head carries the (non-identity) test normalizer, dino_v2 none
+        assert not torch.allclose(out["clip"].features, model.adapt("clip", tokens, normalized=True).features)
+        assert torch.equal(out["dino_v2"].features, model.adapt("dino_v2", tokens, normalized=True).features)
+
+
+def test_feature_formats_and_intermediates(native):
+    model = load(native)
+    x = torch.rand(2, 3, 48, 80)
+    with torch.no_grad():
+        nlc, nchw = model(x), model(x, feature_fmt="NCHW")
+        b, n, c = nlc.features.shape
+        assert (n, nchw.features.shape) == (3 * 5, (b, c, 3, 5))
+        assert torch.equal(nchw.features.flatten(2).transpose(1, 2), nlc.features)
+        full = model.forward_intermediates(x, feature_fmt="NCHW")
+        assert torch.equal(full.final.features, nchw.features) and torch.equal(full.final.summary, nlc.summary)
+        assert torch.equal(full.intermediates[-1].features, nchw.features)
+        assert not torch.equal(full.intermediates[0].features, full.intermediates[-1].features)
+        assert all(isinstance(o, StudentOutput) and o.summary.shape == nlc.summary.shape for o in full.intermediates)
+        early = model.forward_intermediates(x, indices=[0], stop_early=True)
+        assert early.final is None and early.indices == [0]
+        assert torch.equal(early.intermediates[0].features, full.intermediates[0].features.flatten(2).transpose(1, 2))
+        assert model.forward_intermediates(x, indices=1).indices == [len(model.backbone.blocks) - 1]
+    with pytest.raises(ValueError, match="feature_fmt must be 'NLC' or 'NCHW'"):
+        model.forward_intermediates(x, feature_fmt="NHWC")
+
+
+@pytest.mark.parametrize("h,w", [(70, 64), (64, 33), (15, 100)])
+def test_input_size_error_names_nearest_valid_sizes(native, h, w):
+    model = load(native)
+    bad = [(name, s) for name, s in (("height", h), ("width", w)) if s % 16]
+    with pytest.raises(ValueError) as e:
+        model(torch.rand(1, 3, h, w))
+    for name, s in bad:
+        lo, hi = nearest_valid_sizes(s, 16)
+        assert lo % 16 == 0 and hi % 16 == 0 and lo <= max(s, 16) <= hi and hi - lo <= 16
+        assert f"{name} {s} -> nearest valid ({lo}, {hi})" in str(e.value)
+
+
+def test_adaptor_selection_keeps_backbone_and_drops_heads(fit_checkpoint, native, tmp_path):
+    full = load(native)
+    only = load(export_checkpoint(fit_checkpoint, tmp_path / "dino", adaptors=["dino_v2"]))
+    bare = load(export_checkpoint(fit_checkpoint, tmp_path / "bare", adaptors=[]))
+    assert list(only.adaptors) == ["dino_v2"] and list(bare.adaptors) == [] and list(bare.normalizers) == []
+    assert not any(k.startswith(("adaptors.clip", "normalizers.clip"))
+                   for k in load_file(str(tmp_path / "dino" / "model.safetensors")))
+    x = torch.rand(2, 3, 64, 64)
+    assert_same_outputs(full, only, x, adaptors=["dino_v2"])
+    assert_same_outputs(full, bare, x, adaptors=None)
+    with pytest.raises(KeyError, match="'clip' \\(it was dropped at export\\); this model has: dino_v2"):
+        only(x, adaptors=["clip"])
+    with pytest.raises(ExportError, match=r"unknown adaptor\(s\) \['sam'\]; this model has: clip, dino_v2"):
+        export_checkpoint(fit_checkpoint, tmp_path / "x", adaptors=["sam"])
+
+
+def test_timm_create_model_loads_an_export(native, fit_checkpoint):
+    assert "radio_student" in timm.list_models("radio_student")
+    ref = load(native)
+    model = timm.create_model("radio_student", pretrained=True, pretrained_cfg_overlay=dict(file=str(native))).eval()
+    mean, std = (torch.tensor(model.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    assert tuple(model.pretrained_cfg["mean"]) == ref.config.student.mean
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        tokens = model.forward_features((x - mean) / std)
+        out = ref.forward_tokens(x)
+    summary, patches = model.split_tokens(tokens)
+    assert torch.equal(summary, out.summary) and torch.equal(patches, out.patches)
+    fresh = timm.create_model("radio_student", radio_config=str(native))  # same architecture, random weights
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert not torch.equal(fresh.patch_embed.proj.weight, model.patch_embed.proj.weight)
+    with pytest.raises(ExportError, match="no hosted weights"):
+        timm.create_model("radio_student", pretrained=True)
+
+
+def test_default_token_budget_is_stored(fit_checkpoint, tmp_path):
+    out = export_checkpoint(fit_checkpoint, tmp_path / "s", num_tokens=64)
+    assert json.loads((out / "config.json").read_text())["defaults"] == {"num_tokens": 64}
+    assert load(out).export_defaults == {"num_tokens": 64}
+    assert "default output-token budget: 64" in (out / "README.md").read_text()
+    with pytest.raises(ExportError, match="--num-tokens must be a positive integer, got 0"):
+        export_checkpoint(fit_checkpoint, tmp_path / "t", num_tokens=0)
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def copy_of(native, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(native, dst)
+    return dst
+
+
+def _rewrite_weights(d, state):
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["weights_sha256"] = file_sha256(d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_truncated_weights_are_a_clear_error(copy_of):
+    w = copy_of / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    for verify in (True, False):
+        with pytest.raises(ExportError, match=r"model\.safetensors' is corrupted or truncated"):
+            load(copy_of, verify=verify)
+
+
+def test_corrupted_weights_are_a_clear_error(copy_of):
+    w = copy_of / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-100] ^= 0xFF  # inside a tensor: only the checksum can tell
+    w.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=r"model\.safetensors' is corrupted or truncated: its sha256"):
+        load(copy_of)
+    w.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json" + bytes(data[16:]))  # broken header
+    with pytest.raises(ExportError, match="corrupted or truncated"):
+        load(copy_of, verify=False)
+
+
+def test_exports_of_format_version_1_still_load(copy_of, native):
+    cfg = json.loads((copy_of / "config.json").read_text())
+    cfg["format_version"] = 1  # written before has_adaptor, defaults and the checksum existed
+    for key in ("weights_sha256", "defaults"):
+        del cfg[key]
+    for t in cfg["teachers"]:
+        del t["has_adaptor"]
+    (copy_of / "config.json").write_text(json.dumps(cfg))
+    assert_same_outputs(load(native), load(copy_of), torch.rand(1, 3, 32, 32))
+
+
+def test_newer_format_version_is_a_clear_error(copy_of):
+    cfg = json.loads((copy_of / "config.json").read_text())
+    cfg["format_version"] = FORMAT_VERSION + 1
+    (copy_of / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match=f"format_version {FORMAT_VERSION + 1} is newer than this radio supports"):
+        load(copy_of)
+
+
+def test_missing_or_unknown_keys_are_clear_errors(copy_of):
+    state = load_file(str(copy_of / "model.safetensors"))
+    key = "adaptors.clip.features.fc_out.weight"
+    _rewrite_weights(copy_of, {k: v for k, v in state.items() if k != key})
+    with pytest.raises(ExportError, match=f"missing keys \\['{key}'\\]"):
+        load(copy_of)
+    _rewrite_weights(copy_of, {**state, "backbone.cpe.pos_embed": torch.zeros(1, 64, 4, 4)})
+    with pytest.raises(ExportError, match=r"shape mismatches \['backbone.cpe.pos_embed: \(1, 64, 4, 4\)"):
+        load(copy_of)
+    cfg = json.loads((copy_of / "config.json").read_text())
+    cfg["teachers"][0]["normalizer"] = "phis_v9"
+    (copy_of / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match=r"config.json': unknown normalizer 'phis_v9'; valid normalizer names"):
+        load(copy_of)
+    cfg["teachers"][0]["normalizer"] = "none"
+    cfg["student"]["embed_dims"] = 64
+    (copy_of / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match=r"config.json: student: unknown key\(s\) \['embed_dims'\]"):
+        load(copy_of)
+
+
+def test_no_pickle_is_ever_loaded(native, tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("an export was unpickled")
+
+    for mod, name in [(torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")]:
+        monkeypatch.setattr(mod, name, refuse)
+    load(native)
+    timm.create_model("radio_student", pretrained=True, pretrained_cfg_overlay=dict(file=str(native)))
+    monkeypatch.undo()
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(native / "config.json", pickled / "config.json")
+    torch.save(load_file(str(native / "model.safetensors")), pickled / "pytorch_model.bin")
+    with pytest.raises(ExportError, match="pytorch_model.bin is pickled; radio never unpickles an export"):
+        load(pickled)
+
+
+# ---- model card and CLI -------------------------------------------------------------------------------------------
+def _report(top1: float) -> dict:
+    return {"title": "r", "summary": "kNN on generated shapes.",
+            "probes": {"knn": {"student": {"shape": {"top1": top1, "chance": 0.25}, "colour": {"top1": 0.5}},
+                               "clip": {"shape": {"top1": 0.375, "chance": 0.25}}}}}
+
+
+def test_model_card_has_the_eval_results_found_next_to_the_run(fit_checkpoint, tmp_path):
+    ckpt = tmp_path / "demo" / "run" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(fit_checkpoint, ckpt)
+    (tmp_path / "demo" / "report.json").write_text(json.dumps(_report(0.8125)))
+    card = (export_checkpoint(ckpt, tmp_path / "s") / "README.md").read_text()
+    assert "| student | 0.5000 | 0.8125 |" in card and "| clip | - | 0.3750 |" in card
+    assert "Chance: shape 0.2500" in card and "kNN on generated shapes." in card
+    stale = ckpt.stat().st_mtime - 60  # a report older than the checkpoint (a previous run's) is not about it
+    os.utime(tmp_path / "demo" / "report.json", (stale, stale))
+    assert "## Evaluation" not in (export_checkpoint(ckpt, tmp_path / "s2") / "README.md").read_text()
+    bare = tmp_path / "elsewhere" / "last.ckpt"
+    bare.parent.mkdir()
+    shutil.copy(fit_checkpoint, bare)
+    assert "## Evaluation" not in (export_checkpoint(bare, tmp_path / "t") / "README.md").read_text()
+
+
+def test_cli_export_options(fit_checkpoint, tmp_path, capsys):
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(_report(0.6875)))
+    out = tmp_path / "s"
+    rc = main(["export", fit_checkpoint, "--out", str(out), "--adaptors", "clip", "--num-tokens", "32",
+               "--report", str(report)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "adaptors: clip" in printed and str(report) in printed
+    cfg = json.loads((out / "config.json").read_text())
+    assert [t["has_adaptor"] for t in cfg["teachers"]] == [True, False]
+    assert cfg["defaults"]["num_tokens"] == 32 and cfg["provenance"]["report"] == str(report)
+    card = (out / "README.md").read_text()
+    assert "0.6875" in card and "| dino_v2 |" in card and "dropped" in card
+    assert main(["export", fit_checkpoint, "--out", str(tmp_path / "t"), "--no-adaptors"]) == 0
+    assert list(load(tmp_path / "t").adaptors) == []
+    assert main(["export", fit_checkpoint, "--out", str(tmp_path / "u"), "--adaptors", "siglip"]) == 2
+    assert "unknown adaptor(s) ['siglip']" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "v")]) == 2
+    assert "nope.ckpt' does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_is_read_without_unpickling_arbitrary_objects(fit_checkpoint, tmp_path):
+    raw = read_checkpoint(fit_checkpoint)
+    assert raw["radio_model_config"]["teachers"][0]["normalizer"] == "test_signed_affine"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "radio_model_config": {}, "x": radio.export.ExportInfo}, evil)
+    with pytest.raises(ExportError, match="cannot be loaded safely"):
+        read_checkpoint(evil)
+
+
+def test_bad_report_or_config_json_is_a_clear_error(fit_checkpoint, copy_of, tmp_path):
+    with pytest.raises(ExportError, match="--report '.*missing.json' does not exist"):
+        export_checkpoint(fit_checkpoint, tmp_path / "s", report=tmp_path / "missing.json")
+    (copy_of / "config.json").write_text("{not json")
+    with pytest.raises(ExportError, match="config.json' is not valid JSON"):
+        load(copy_of)
