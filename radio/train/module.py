@@ -195,11 +195,16 @@ class DistillModule(L.LightningModule):
         targets = [self.partition_targets(p) for p in parts]
         self.observe_targets(targets, self.global_step)
         total = parts[0]["image"].new_zeros(())
+        per_term: dict[str, list[Tensor]] = {}
         for p, tg in zip(parts, targets):
             loss, terms = self.partition_losses(p["image"], tg)
             total = total + p["weight"] * loss
             bs, r = p["image"].shape[0], p["image"].shape[-1]
             self.log_dict({f"train/{k}@{r}": v for k, v in terms.items()}, batch_size=bs)
+            for k, v in terms.items():
+                per_term.setdefault(k, []).append(v.detach())
+        # "train/{teacher}/{feature,summary}": the mean over this step's partitions that carry the term
+        self.log_dict({f"train/{k}": torch.stack(v).mean() for k, v in per_term.items()}, batch_size=1)
         self.log("train/loss", total, prog_bar=True, batch_size=parts[0]["image"].shape[0])
         if "stage" in batch:
             self.log("train/stage", float(batch["stage"]), batch_size=1)
