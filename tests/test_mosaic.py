@@ -82,3 +82,21 @@ def test_real_fixed_canvas_teacher_runs_once_per_k_squared_images():
     # a grid too large for two tiles falls back to the plain path
     assert not teacher_targets(clip, torch.rand(2, 3, 48, 48), (3, 3), mosaic=True).mosaic
     hook.remove()
+
+
+def test_sam_runs_on_a_mosaic_without_summary():
+    from tests.helpers import TINY_SAM
+
+    sam = teachers.build(TINY_SAM)  # segment_anything ImageEncoderViT: 64 px canvas, patch 8, no summary
+    seen = []
+    hook = sam.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    images = torch.rand(20, 3, 32, 32)  # student grid 2 x 2 -> 16 px tiles, 4 x 4 of them per SAM canvas
+    t = teacher_targets(sam, images, (2, 2), mosaic=True)
+    hook.remove()
+    assert t.mosaic and t.summary is None and t.features.shape == (20, sam.feature_dim, 2, 2)
+    assert seen == [torch.Size([2, 3, 64, 64])]  # ceil(20 / 16) canvases
+    # the first tile's window is what SAM gives for the first canvas's top-left corner
+    canvas = tile_images(torch.nn.functional.interpolate(images[:16], size=(16, 16), mode="bilinear",
+                                                         antialias=True).clamp(0, 1),
+                         plan_mosaic((2, 2), 8, (64, 64)), sam.mean)
+    assert torch.allclose(sam(canvas[:1]).features[0, :, :2, :2], t.features[0], atol=1e-5)

@@ -98,14 +98,17 @@ def plot_fidelity(records: list[dict[str, Any]], out_png: str | Path) -> Optiona
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     last = records[-1]
-    for name, per_res in last["teachers"].items():
+    for i, (name, per_res) in enumerate(last["teachers"].items()):
+        colour = f"C{i % 10}"
         res = sorted(per_res, key=int)
-        axes[0].plot([int(r) for r in res], [per_res[r]["fidelity"] for r in res], "o-", label=name)
-        for r in res:
+        axes[0].plot([int(r) for r in res], [per_res[r]["fidelity"] for r in res], "o-", color=colour, label=name)
+        for j, r in enumerate(res):  # one colour per teacher, darker and thicker for higher resolutions
             pts = [(rec["step"], rec["teachers"][name][r]["fidelity"]) for rec in records
                    if r in rec["teachers"].get(name, {})]
             steps, vals = zip(*pts)
-            axes[1].plot(steps, vals, "o-", label=f"{name} @ {r}px", linewidth=1.2)
+            weight = (j + 1) / len(res)
+            axes[1].plot(steps, vals, "o-", color=colour, alpha=0.3 + 0.7 * weight, linewidth=0.8 + 1.5 * weight,
+                         markersize=3, label=f"{name} @ {r}px")
     axes[0].set_title(f"fidelity vs resolution (step {last['step']})")
     axes[0].set_xlabel("input resolution (px)")
     axes[1].set_title("fidelity over training")
