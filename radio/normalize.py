@@ -1,29 +1,102 @@
 """Normalizers of teacher features: fitted on streamed statistics, then frozen; exact inverse.
 
 The loss compares the adaptor's output with the *normalized* teacher features; at inference the adaptor's output
-is mapped back to the teacher's space through `inverse`. Statistics are buffers, so they live in checkpoints and
-in exports.
+is mapped back to the teacher's space through `inverse`. Statistics and the fitted transform are buffers of
+shapes fixed at construction, so they live in checkpoints and in exports.
+
+Statistics: `update(x)` merges the batch's count, mean and centred second moment (float64) into running ones
+(Chan et al.'s parallel merge); `fit()` all-reduces them across ranks (when torch.distributed is initialized)
+and fits the transform; `freeze()` fits a last time, keeps the global statistics and refuses further updates.
+Covariances are population covariances (divided by n).
+
+Transforms, all affine y = (x - mu) W^T with an exact inverse x = y W_inv^T + mu:
+    none         identity
+    global_std   one scalar mean and one scalar std over all channels and samples
+    channel_std  per-channel mean and std
+    pca_whiten   W = Lambda^-1/2 U^T (eigenvalues clipped at `eps` times the largest)
+    phis         W = phi^-1 H U^T, phi = sqrt(tr(Sigma) / C): a rotation times one scalar (PHI-S)
+
+References: PHI-S (Ranzinger et al., 2024, arXiv:2410.01680); Chan, Golub & LeVeque, "Updating formulae and a
+pairwise algorithm for computing sample variances" (1979).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from radio.hadamard import construction, hadamard, normalized_hadamard
 from radio.registry import Registry
 
 NORMALIZERS: Registry[type["Normalizer"]] = Registry("normalizer")
 
 
+class Moments(NamedTuple):
+    """Sufficient statistics of a set of vectors. n: () count; mean: (C,); m2: (C, C) sum of centred outer
+    products (covariance = m2 / n). All float64."""
+
+    n: Tensor
+    mean: Tensor
+    m2: Tensor
+
+
+def batch_moments(x: Tensor) -> Moments:
+    """Moments of x: (..., C), flattened over all leading dimensions, computed in float64."""
+    x = x.detach().reshape(-1, x.shape[-1]).double()
+    n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+    mean = x.mean(dim=0) if x.shape[0] else torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    xc = x - mean
+    return Moments(n, mean, xc.T @ xc)
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Moments of the union of two sets (exact, order-independent up to rounding)."""
+    n = a.n + b.n
+    if n.item() == 0:
+        return a
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.n / n)
+    m2 = a.m2 + b.m2 + torch.outer(delta, delta) * (a.n * b.n / n)
+    return Moments(n, mean, m2)
+
+
+def all_reduce_moments(m: Moments) -> Moments:
+    """Merge the moments of every rank (two-pass: global mean first, then centred second moments)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return m
+    n = m.n.clone()
+    dist.all_reduce(n)
+    total = m.mean * m.n
+    dist.all_reduce(total)
+    mean = total / n.clamp_min(1.0)
+    delta = m.mean - mean
+    m2 = m.m2 + torch.outer(delta, delta) * m.n
+    dist.all_reduce(m2)
+    return Moments(n, mean, m2)
+
+
 class Normalizer(nn.Module):
     """Base class. Features are (..., C) with channels last.
 
-    Subclasses implement `update` (stream statistics), `fit` (freeze a transform), `forward` and `inverse`.
+    Subclasses implement `update` (stream statistics), `fit` (fit the transform), `forward` and `inverse`.
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def needs_statistics(self) -> bool:
+        """True while `update` should still be fed features."""
+        return False
+
+    @property
+    def ready(self) -> bool:
+        """True when `forward` and `inverse` can be used."""
+        return True
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:  # noqa: ARG002 - identity keeps no statistics
@@ -32,6 +105,10 @@ class Normalizer(nn.Module):
     @torch.no_grad()
     def fit(self) -> None:
         self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        self.fit()
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -45,5 +122,188 @@ class IdentityNormalizer(Normalizer):
     """No normalization: targets are the raw teacher features."""
 
 
+class AffineNormalizer(Normalizer):
+    """A normalizer y = (x - mu) W^T fitted from streamed float64 moments; subclasses define `transform`.
+
+    Args:
+        dim: feature width C.
+        eps: floor of variances (relative to the largest for pca_whiten, absolute otherwise).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8) -> None:
+        super().__init__(dim)
+        self.eps = eps
+        f64 = dict(dtype=torch.float64)
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("count", torch.zeros((), **f64))
+        self.register_buffer("running_mean", torch.zeros(dim, **f64))
+        self.register_buffer("running_m2", torch.zeros(dim, dim, **f64))
+        self.register_buffer("mu", torch.zeros(dim))
+        self.register_buffer("weight", torch.eye(dim))
+        self.register_buffer("weight_inv", torch.eye(dim))
+
+    @property
+    def needs_statistics(self) -> bool:
+        return not bool(self.frozen)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.fitted)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, samples={int(self.count)}, fitted={bool(self.fitted)}, frozen={bool(self.frozen)}"
+
+    def moments(self) -> Moments:
+        return Moments(self.count, self.running_mean, self.running_m2)
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Merge the statistics of x: (..., C) into the running ones (float64)."""
+        if self.frozen:
+            raise RuntimeError(f"{type(self).__name__}: update() after freeze(); statistics are final")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"{type(self).__name__}(dim={self.dim}): features have {x.shape[-1]} channels")
+        m = merge_moments(self.moments(), batch_moments(x.to(self.running_mean.device)))
+        self.count.copy_(m.n)
+        self.running_mean.copy_(m.mean)
+        self.running_m2.copy_(m.m2)
+
+    def _global_moments(self) -> Moments:
+        m = all_reduce_moments(self.moments())
+        if m.n.item() < 2:
+            raise RuntimeError(f"{type(self).__name__}(dim={self.dim}): fit() needs at least 2 samples across all "
+                               f"ranks, got {int(m.n.item())}; call update() first")
+        return m
+
+    @torch.no_grad()
+    def fit(self) -> None:
+        """Fit the transform on the statistics of every rank so far (the running ones stay local)."""
+        m = self._global_moments()
+        self._set_transform(m)
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Fit a last time on the global statistics, keep them, and refuse further updates."""
+        if self.frozen:
+            return
+        m = self._global_moments()
+        self.count.copy_(m.n)
+        self.running_mean.copy_(m.mean)
+        self.running_m2.copy_(m.m2)
+        self._set_transform(m)
+        self.frozen.fill_(True)
+
+    def _set_transform(self, m: Moments) -> None:
+        cov = m.m2 / m.n
+        mu, w, w_inv = self.transform(m.mean, 0.5 * (cov + cov.T))
+        self.mu.copy_(mu.float())
+        self.weight.copy_(w.float())
+        self.weight_inv.copy_(w_inv.float())
+        self.fitted.fill_(True)
+
+    def transform(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(mu (C,), W (C, C), W_inv (C, C)) in float64 from the mean and covariance."""
+        raise NotImplementedError
+
+    def _check(self, x: Tensor) -> None:
+        if not self.ready:
+            raise RuntimeError(f"{type(self).__name__}(dim={self.dim}) is used before fit(); stream statistics "
+                               "with update() and call fit() first")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., C) teacher features -> (..., C) normalized, float32 (never autocast)."""
+        self._check(x)
+        return _float32(lambda: (x.float() - self.mu) @ self.weight.T, x)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """(..., C) normalized -> (..., C) in the teacher's space, float32 (never autocast)."""
+        self._check(y)
+        return _float32(lambda: y.float() @ self.weight_inv.T + self.mu, y)
+
+
+def _float32(fn, x: Tensor) -> Tensor:
+    """Run fn outside autocast (the statistics are float32 and bf16 would cost ~3 digits); no context manager
+    when autocast is off, so exporters see plain arithmetic."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return fn()
+    return fn()
+
+
+def _eigh(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (ascending, negatives clipped to 0) and eigenvectors of a symmetric matrix."""
+    lam, u = torch.linalg.eigh(cov)
+    return lam.clamp_min(0.0), u
+
+
+@NORMALIZERS.register("global_std")
+class GlobalStdNormalizer(AffineNormalizer):
+    """One scalar mean and one scalar standard deviation over all channels and samples."""
+
+    def transform(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        g = mean.mean()
+        var = (torch.diagonal(cov).sum() + ((mean - g) ** 2).sum()) / self.dim
+        std = var.clamp_min(self.eps).sqrt()
+        eye = torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
+        return g.expand(self.dim), eye / std, eye * std
+
+
+@NORMALIZERS.register("channel_std")
+class ChannelStdNormalizer(AffineNormalizer):
+    """Per-channel standardization: every channel gets mean 0 and variance 1 from its own scale."""
+
+    def transform(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        std = torch.diagonal(cov).clamp_min(self.eps).sqrt()
+        return mean, torch.diag(1.0 / std), torch.diag(std)
+
+
+@NORMALIZERS.register("pca_whiten")
+class PCAWhitenNormalizer(AffineNormalizer):
+    """PCA whitening: decorrelated unit-variance outputs; directions without variance are floored at eps."""
+
+    def transform(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lam, u = _eigh(cov)
+        lam = lam.clamp_min(self.eps * max(lam.max().item(), self.eps))
+        return mean, (u / lam.sqrt()).T, u * lam.sqrt()
+
+
+@NORMALIZERS.register("phis")
+class PHIS(AffineNormalizer):
+    """PHI-S: x' = phi^-1 H U^T (x - mu), with H the normalized Hadamard matrix of order C and
+    phi = sqrt(tr(Sigma) / C). Every output channel has unit variance, from one scalar; the map is a rotation
+    times that scalar, so errors in the normalized space are errors in the teacher's space times 1/phi.
+
+    Buffers besides the affine ones: `phi` () and `rotation` (C, C) = H U^T.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8) -> None:
+        if construction(dim) is None:
+            hadamard(dim)  # raises HadamardError naming the order and why
+        super().__init__(dim, eps)
+        self.register_buffer("phi", torch.ones((), dtype=torch.float64))
+        self.register_buffer("rotation", torch.eye(dim))
+
+    def transform(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lam, u = _eigh(cov)
+        phi = lam.mean().clamp_min(self.eps).sqrt()
+        rot = normalized_hadamard(self.dim).to(cov) @ u.T
+        self.phi.copy_(phi)
+        self.rotation.copy_(rot.float())
+        return mean, rot / phi, rot.T * phi
+
+
 def build_normalizer(kind: str, dim: int) -> Normalizer:
+    """A normalizer by registered name ("none", "global_std", "channel_std", "pca_whiten", "phis")."""
     return NORMALIZERS.get(kind)(dim)
+
+
+def check_normalizer(kind: str, dim: int) -> None:
+    """Raise (naming the problem) if `build_normalizer(kind, dim)` would fail, without building it."""
+    NORMALIZERS.get(kind)
+    if kind == "phis" and construction(dim) is None:
+        hadamard(dim)  # raises HadamardError with the reason
+
+
+__all__ = ["NORMALIZERS", "Moments", "Normalizer", "IdentityNormalizer", "AffineNormalizer", "GlobalStdNormalizer",
+           "ChannelStdNormalizer", "PCAWhitenNormalizer", "PHIS", "batch_moments", "merge_moments",
+           "all_reduce_moments", "build_normalizer", "check_normalizer"]

@@ -18,3 +18,11 @@ def test_demo_produces_a_report_with_knn_for_student_and_each_teacher(tmp_path):
     assert "| student |" in text and "| clip |" in text and "| dino_v2 |" in text and "| sam |" in text
     assert "loss_curve.png" in text
     assert (tmp_path / "demo" / "student" / "model.safetensors").is_file()
+    # fidelity vs resolution, measured during training, is in the report and rises
+    fid = report["training_fidelity"]
+    assert [r["step"] for r in fid] == [4, 8, 12]
+    for name in ("clip", "dino_v2"):
+        first, last = fid[0]["teachers"][name], fid[-1]["teachers"][name]
+        assert len(last) >= 2 and all(v["fidelity"] > 0 for v in last.values())
+        assert max(v["fidelity"] for v in last.values()) > max(v["fidelity"] for v in first.values())
+    assert "## Fidelity vs resolution" in text and (tmp_path / "demo" / "fidelity.png").stat().st_size > 10_000

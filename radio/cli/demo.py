@@ -85,6 +85,7 @@ def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[i
         for k, series in read_metrics_csv(metrics_csv).items():
             if k.startswith(("train/", "val/")) and not k.endswith("_epoch"):
                 training["metrics"][k] = {"first": series[0][1], "last": series[-1][1], "points": len(series)}
+    fidelity_lines = _training_fidelity(Path(trainer.logger.log_dir), out, report, resolution)
     report["training"] = training
     report["plots"] = plots
     report["notes"] = NOTES
@@ -92,4 +93,25 @@ def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[i
     report["summary"] = (f"Distilled {len(teacher_names)} teachers ({', '.join(teacher_names)}) into a student for "
                          f"{trainer.global_step} steps on {count} generated images in {report['elapsed_s']} s.")
     _, md = write_report(out, report)
+    if fidelity_lines:
+        with open(md, "a") as f:
+            f.write("\n".join(["## Fidelity vs resolution (validation during training)", "", *fidelity_lines,
+                               "![fidelity](fidelity.png)", ""]))
     return md
+
+
+def _training_fidelity(log_dir: Path, out: Path, report: dict[str, Any],
+                       resolution: int) -> list[str]:
+    """Copy the run's fidelity.json/png into the report; returns the markdown section's lines (none if absent)."""
+    import json
+
+    from radio.train.fidelity import fidelity_markdown
+
+    src = log_dir / "fidelity.json"
+    if not src.is_file():
+        return []
+    records = json.loads(src.read_text())
+    report["training_fidelity"] = records
+    if (log_dir / "fidelity.png").is_file():
+        shutil.copy(log_dir / "fidelity.png", out / "fidelity.png")
+    return fidelity_markdown(records, primary=resolution)

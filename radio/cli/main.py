@@ -42,6 +42,7 @@ def _cmd_cache(a: argparse.Namespace) -> int:
     import yaml
 
     from radio.train.validate import validate_recipe
+    from teachers.base import TeacherSpec
     from teachers.cache import cache_teachers
 
     with open(a.config) as f:
@@ -49,10 +50,11 @@ def _cmd_cache(a: argparse.Namespace) -> int:
     validate_recipe(cfg)
     data, model = cfg["data"], cfg["model"]
     shards = a.shards or data["shards"]
-    res = int(data.get("resolution", 224))
+    stages = data.get("stages") or []
+    res = int(data.get("resolution") or (stages[-1]["partitions"][0]["resolution"] if stages else 224))
     patch = int(model.get("student", {}).get("patch_size", 16))
-    specs = [{k: v for k, v in t.items() if k not in ("summary_weight", "feature_weight", "normalizer")}
-             for t in model["teachers"]]
+    spec_keys = set(TeacherSpec.__dataclass_fields__)
+    specs = [{k: v for k, v in t.items() if k in spec_keys} for t in model["teachers"]]
     results = cache_teachers(specs, shards, a.out, (res // patch, res // patch), batch_size=a.batch_size,
                              dtype=a.dtype)
     for name, meta in results.items():

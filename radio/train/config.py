@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Type, TypeVar
+from typing import Any, Optional, Type, TypeVar
 
 from teachers.base import TeacherSpec
 
@@ -17,12 +17,16 @@ class TeacherEntry(TeacherSpec):
     Args:
         summary_weight: weight of the summary (1 - cos) loss; ignored for teachers without a summary.
         feature_weight: weight of the feature loss.
-        normalizer: normalizer of the teacher's features ("none", ...; see radio.normalize).
+        normalizer: normalizer of the teacher's features: "none", "global_std", "channel_std", "pca_whiten" or
+            "phis" (see radio.normalize).
+        mosaic: for a fixed-canvas teacher, run it on a k x k mosaic of a low-resolution partition's images
+            wherever at least two tiles fit in its canvas (radio.mosaic); its summary loss is then skipped there.
     """
 
     summary_weight: float = 1.0
     feature_weight: float = 1.0
     normalizer: str = "none"
+    mosaic: bool = False
 
     def spec(self) -> TeacherSpec:
         """The TeacherSpec part (what `teachers.build` takes)."""
@@ -47,6 +51,31 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
+
+
+@dataclass
+class NormalizationConfig:
+    """When the teachers' normalizers learn their statistics.
+
+    Args:
+        estimate_steps: the statistics stream over the first `estimate_steps` optimizer steps (every partition,
+            every rank), are refitted whenever the step count reaches a power of two, and are frozen after the
+            last of these steps (RADIOv2.5 estimates over the first ~3000 steps).
+    """
+
+    estimate_steps: int = 3000
+
+
+@dataclass
+class ValidationConfig:
+    """Fidelity validation (mode switching).
+
+    Args:
+        resolutions: input sides (pixels, multiples of the student's patch) at which fidelity and cos-error are
+            measured for every teacher; None means every training partition resolution.
+    """
+
+    resolutions: Optional[list[int]] = None
 
 
 def coerce(cls: Type[T], value: Any, where: str) -> T:

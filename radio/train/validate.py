@@ -1,7 +1,10 @@
 """Recipe validation that runs before anything is built or computed.
 
-Checks: teacher names are registered and unique, the student architecture resolves, the data resolution is a
-multiple of the student's patch size, and every shard pattern matches files. Errors name the field or path.
+Checks: teacher names are registered and unique, normalizer names are registered, the student architecture
+resolves, every training resolution (single `data.resolution` or every partition of `data.stages`) and every
+fidelity resolution is a multiple of the student's patch size and within its max_resolution, stages are well
+formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
+`data.stages` are not mixed, and every shard pattern matches files. Errors name the field or path.
 """
 from __future__ import annotations
 
@@ -20,11 +23,24 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
+def _resolution_errors(field: str, res: Any, patch: int, max_res: int) -> list[str]:
+    if not isinstance(res, int) or res < 1:
+        return [f"{field}: must be a positive number of pixels, got {res!r}"]
+    if patch and res % patch:
+        lo, hi = max(patch, res // patch * patch), -(-res // patch) * patch
+        return [f"{field}: {res} is not a multiple of the student's patch size {patch} (nearest valid: {lo} or {hi})"]
+    if max_res and res > max_res:
+        return [f"{field}: {res} exceeds model.student.max_resolution {max_res}"]
+    return []
+
+
 def validate_recipe(cfg: Any) -> None:
     """Validate a resolved fit config (jsonargparse Namespace or nested dicts with `model` and `data`)."""
     import teachers as teacher_lib
+    from radio.data.schedule import schedule_errors
     from radio.data.shards import resolve_shards
     from radio.model.vit import StudentConfig
+    from radio.normalize import NORMALIZERS
 
     model, data = _get(cfg, "model"), _get(cfg, "data")
     model_args = _get(model, "init_args", model)
@@ -35,14 +51,18 @@ def validate_recipe(cfg: Any) -> None:
     entries = _get(model_args, "teachers") or []
     if not entries:
         errors.append("model.teachers: at least one teacher is needed")
-    seen: set[str] = set()
+    seen: list[str] = []
     for i, t in enumerate(entries):
         name = _get(t, "name")
         if name not in valid:
             errors.append(f"model.teachers[{i}].name: unknown teacher {name!r}; valid: {', '.join(valid)}")
         if name in seen:
             errors.append(f"model.teachers[{i}].name: {name!r} appears more than once")
-        seen.add(name)
+        seen.append(name)
+        norm = _get(t, "normalizer", "none")
+        if norm not in NORMALIZERS:
+            errors.append(f"model.teachers[{i}].normalizer: unknown normalizer {norm!r}; valid: "
+                          f"{', '.join(NORMALIZERS.names())}")
 
     student = _get(model_args, "student")
     patch = _get(student, "patch_size", 16)
@@ -51,15 +71,27 @@ def validate_recipe(cfg: Any) -> None:
         StudentConfig(**fields).resolved()
     except (ValueError, TypeError) as e:
         errors.append(f"model.student: {e}")
-
-    res = _get(data_args, "resolution")
-    if res is not None and patch and res % patch:
-        lo, hi = max(patch, res // patch * patch), -(-res // patch) * patch
-        errors.append(f"data.resolution: {res} is not a multiple of the student's patch size {patch} "
-                      f"(nearest valid: {lo} or {hi})")
     max_res = _get(student, "max_resolution", 2048)
-    if res is not None and max_res and res > max_res:
-        errors.append(f"data.resolution: {res} exceeds model.student.max_resolution {max_res}")
+
+    stages = _get(data_args, "stages")
+    res, bs = _get(data_args, "resolution"), _get(data_args, "batch_size")
+    if stages:
+        if res is not None or bs is not None:
+            errors.append("data.stages: give either data.resolution/data.batch_size (one partition) or data.stages, "
+                          "not both")
+        errors += schedule_errors(list(stages), patch, max_res, seen)
+    elif res is not None:
+        errors += _resolution_errors("data.resolution", res, patch, max_res)
+    val_res = _get(data_args, "val_resolution")
+    if val_res is not None:
+        errors += _resolution_errors("data.val_resolution", val_res, 0, 0)
+
+    validation = _get(model_args, "validation")
+    for j, r in enumerate(_get(validation, "resolutions") or []):
+        errors += _resolution_errors(f"model.validation.resolutions[{j}]", r, patch, max_res)
+    est = _get(_get(model_args, "normalization"), "estimate_steps", 1)
+    if est is not None and est < 1:
+        errors.append(f"model.normalization.estimate_steps: must be >= 1, got {est}")
 
     for key in ("shards", "val_shards"):
         spec = _get(data_args, key)

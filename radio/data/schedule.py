@@ -1,0 +1,146 @@
+"""Multi-resolution schedule: stages of partitions, as a recipe declares them.
+
+A *partition* is one batch at one resolution, with the teachers that supervise it and a loss weight; every
+training step draws one batch per partition of the current *stage*. Stages run one after another for a number
+of optimizer steps each (the last runs to the end). RADIOv2.5 trains 256 -> 432 -> (432 + 1024):
+
+    stages:
+      - {steps: 30000, partitions: [{resolution: 256, batch_size: 128}]}
+      - {steps: 30000, partitions: [{resolution: 432, batch_size: 96}]}
+      - {partitions: [{resolution: 432, batch_size: 96}, {resolution: 1024, batch_size: 32}]}
+
+References: RADIOv2.5 (Heinrich et al., 2024), multi-resolution training and mode switching.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class PartitionConfig:
+    """One batch per step at one resolution.
+
+    Args:
+        resolution: square input side in pixels (a multiple of the student's patch size).
+        batch_size: images in this partition's batch per device.
+        teachers: names of the teachers matched on this partition; None means every teacher.
+        weight: multiplies this partition's loss.
+    """
+
+    resolution: int = 224
+    batch_size: int = 32
+    teachers: Optional[list[str]] = None
+    weight: float = 1.0
+
+
+@dataclass
+class StageConfig:
+    """Partitions trained together for `steps` optimizer steps (None: until the end of training; last stage)."""
+
+    partitions: list[PartitionConfig] = field(default_factory=list)
+    steps: Optional[int] = None
+
+
+@dataclass
+class Schedule:
+    """The stages in order; `stage_at(step)` says which one a (0-based) step belongs to."""
+
+    stages: list[StageConfig]
+
+    def __post_init__(self) -> None:
+        self.stages = [_coerce_stage(s, i) for i, s in enumerate(self.stages)]
+        errors = schedule_errors(self.stages)
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    @classmethod
+    def single(cls, resolution: int, batch_size: int) -> "Schedule":
+        return cls([StageConfig([PartitionConfig(resolution, batch_size)])])
+
+    def stage_index(self, step: int) -> int:
+        end = 0
+        for i, s in enumerate(self.stages):
+            if s.steps is None:
+                return i
+            end += s.steps
+            if step < end:
+                return i
+        return len(self.stages) - 1
+
+    def stage_at(self, step: int) -> StageConfig:
+        return self.stages[self.stage_index(step)]
+
+    def resolutions(self) -> list[int]:
+        """Every partition resolution of every stage, ascending, without repeats."""
+        return sorted({p.resolution for s in self.stages for p in s.partitions})
+
+    @property
+    def final(self) -> StageConfig:
+        return self.stages[-1]
+
+
+def _coerce_stage(s: Any, i: int) -> StageConfig:
+    if isinstance(s, StageConfig):
+        parts = s.partitions
+        steps = s.steps
+    elif isinstance(s, dict):
+        unknown = sorted(set(s) - {"partitions", "steps"})
+        if unknown:
+            raise ValueError(f"data.stages[{i}]: unknown key(s) {unknown}; allowed: ['partitions', 'steps']")
+        parts, steps = s.get("partitions", []), s.get("steps")
+    else:
+        raise TypeError(f"data.stages[{i}]: expected a mapping, got {type(s).__name__}")
+    out = []
+    for j, p in enumerate(parts):
+        if isinstance(p, dict):
+            unknown = sorted(set(p) - set(PartitionConfig.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"data.stages[{i}].partitions[{j}]: unknown key(s) {unknown}; allowed: "
+                                 f"{sorted(PartitionConfig.__dataclass_fields__)}")
+            p = PartitionConfig(**p)
+        out.append(p)
+    return StageConfig(out, steps)
+
+
+def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resolution: Optional[int] = None,
+                    teacher_names: Optional[list[str]] = None) -> list[str]:
+    """Problems of a stage list, each naming its field (empty when the schedule is valid)."""
+    errors: list[str] = []
+    if not stages:
+        return ["data.stages: at least one stage is needed"]
+    get = (lambda o, k: o.get(k) if isinstance(o, dict) else getattr(o, k, None))
+    for i, s in enumerate(stages):
+        where = f"data.stages[{i}]"
+        steps = get(s, "steps")
+        if i < len(stages) - 1 and (steps is None or steps < 1):
+            errors.append(f"{where}.steps: every stage but the last needs steps >= 1, got {steps}")
+        elif steps is not None and steps < 1:
+            errors.append(f"{where}.steps: must be >= 1, got {steps}")
+        parts = get(s, "partitions") or []
+        if not parts:
+            errors.append(f"{where}.partitions: at least one partition is needed")
+        for j, p in enumerate(parts):
+            pw = f"{where}.partitions[{j}]"
+            res, bs, names = get(p, "resolution"), get(p, "batch_size"), get(p, "teachers")
+            if res is None or res < 1:
+                errors.append(f"{pw}.resolution: must be a positive number of pixels, got {res}")
+            elif patch and res % patch:
+                lo, hi = max(patch, res // patch * patch), -(-res // patch) * patch
+                errors.append(f"{pw}.resolution: {res} is not a multiple of the student's patch size {patch} "
+                              f"(nearest valid: {lo} or {hi})")
+            elif max_resolution and res > max_resolution:
+                errors.append(f"{pw}.resolution: {res} exceeds model.student.max_resolution {max_resolution}")
+            if bs is None or bs < 1:
+                errors.append(f"{pw}.batch_size: must be >= 1, got {bs}")
+            if names is not None:
+                if not names:
+                    errors.append(f"{pw}.teachers: empty list; omit it to use every teacher")
+                for n in names:
+                    if teacher_names is not None and n not in teacher_names:
+                        errors.append(f"{pw}.teachers: {n!r} is not a teacher of this recipe "
+                                      f"({', '.join(teacher_names)})")
+            w = get(p, "weight")
+            if w is not None and w < 0:
+                errors.append(f"{pw}.weight: must be >= 0, got {w}")
+    return errors
