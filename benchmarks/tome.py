@@ -6,7 +6,8 @@ Part 1, throughput: a randomly initialised ViT-B/16-shaped student (RADIOModel, 
 8 tokens = 2 summary tokens + 6 registers), float32 on the CPU, `torch.set_num_threads(2)`, inference mode, at
 224 and 432 px, for in-network merging (r per block, constant and decreasing schedules) and for output
 budgets (one merge after the encoder). Every case is warmed up, then the cases are timed in interleaved
-rounds (so load from other processes hits all of them alike) and the best round is reported.
+pairs: r = 0, then the case, back to back, so both see about the same load from other processes; the
+speed-up is the median over rounds of the ratio within a pair (min-max over rounds shown).
 
 Part 2, fidelity: random weights say nothing about fidelity, so a tiny student (width 64, depth 12, heads 4,
 patch 16, same 8-token prefix so the token counts per r are those of part 1) is distilled briefly at 224 px
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,27 +80,39 @@ def run(model: RADIOModel, x: torch.Tensor, case: Case) -> torch.Tensor:
 
 @torch.inference_mode()
 def throughput(res: int, batch: int, rounds: int) -> list[dict]:
+    """img/s per case and its speed-up over r = 0, timed in pairs (r = 0, then the case, back to back).
+
+    The machine is shared, so each case's ratio is the median over rounds of the ratio within a pair (both
+    runs see about the same load), and its img/s is the median over rounds.
+    """
     torch.manual_seed(0)
     model = vit_b_student()
     x = torch.rand(batch, 3, res, res)
     cases = CASES[res]
+    base = cases[0]
+
+    def timed(c: Case) -> float:
+        t0 = time.perf_counter()
+        run(model, x, c)
+        return time.perf_counter() - t0
+
     for c in cases:
         run(model, x, c)  # warm-up
-    times: dict[Case, list[float]] = {c: [] for c in cases}  # best of the rounds: least disturbed by load
+    times: dict[Case, list[float]] = {c: [] for c in cases}
+    ratios: dict[Case, list[float]] = {c: [] for c in cases}
     for _ in range(rounds):
-        for c in cases:
-            t0 = time.perf_counter()
-            run(model, x, c)
-            times[c].append(time.perf_counter() - t0)
+        for c in cases[1:]:
+            tb, tc = timed(base), timed(c)
+            times[base].append(tb)
+            times[c].append(tc)
+            ratios[c].append(tb / tc)
     bb = model.backbone
     rows = []
     for c in cases:
-        ips = batch / min(times[c])
-        rows.append({"res": res, "case": c.label, "img_s": ips, **token_stats(
-            c, res // 16, bb.num_prefix_tokens, len(bb.blocks), bb.embed_dim, 16)})
-    base = rows[0]["img_s"]
-    for row in rows:
-        row["speedup"] = row["img_s"] / base
+        rows.append({"res": res, "case": c.label, "img_s": batch / statistics.median(times[c]),
+                     "speedup": statistics.median(ratios[c]) if c != base else 1.0,
+                     "speedup_range": [min(ratios[c]), max(ratios[c])] if c != base else [1.0, 1.0],
+                     **token_stats(c, res // 16, bb.num_prefix_tokens, len(bb.blocks), bb.embed_dim, 16)})
     return rows
 
 
@@ -212,22 +226,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per case")
     ap.add_argument("--quick", action="store_true", help="1 round, 224 px only, 16 fidelity images")
     ap.add_argument("--profile", action="store_true", help="profile r=0 and r=16 at 224 px (top ops)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     a = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     t_start = time.time()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, CPU; "
           f"load average at start {os.getloadavg()[0]:.1f}")
 
     print("\n== Part 1: throughput, random-init ViT-B/16-shaped student (prefix 8 tokens) ==")
     rows = []
-    for res, batch, rounds in ((224, 8, a.rounds + 2), (432, 2, a.rounds))[: 1 if a.quick else 2]:
+    for res, batch, rounds in ((224, 8, a.rounds + 1), (432, 2, a.rounds))[: 1 if a.quick else 2]:
         rows += throughput(res, batch, 1 if a.quick else rounds)
         print(f"  {res} px done (batch {batch}), {time.time() - t_start:.0f} s")
-    hdr = f"{'res':>4} {'case':<18} {'tokens out':>10} {'mean tok/blk':>12} {'GFLOPs':>7} {'img/s':>7} {'vs r=0':>7}"
-    print(hdr)
+    print(f"{'res':>4} {'case':<18} {'tokens out':>10} {'mean tok/blk':>12} {'GFLOPs':>7} {'img/s':>7} "
+          f"{'vs r=0':>7} {'(min-max)':>11}")
     for r in rows:
+        lo, hi = r["speedup_range"]
         print(f"{r['res']:>4} {r['case']:<18} {r['final_tokens']:>10} {r['mean_tokens_frac']:>11.0%} "
-              f"{r['gflops']:>7.1f} {r['img_s']:>7.2f} {r['speedup']:>6.2f}x")
+              f"{r['gflops']:>7.1f} {r['img_s']:>7.2f} {r['speedup']:>6.2f}x {lo:>5.2f}-{hi:.2f}")
 
     if a.profile:
         for case in (Case(), Case(16)):
@@ -247,11 +263,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"  reusing {student} (delete it to retrain)")
     cases = [c for c in CASES[224]]
     fid = fidelity_table(student, cases, 16 if a.quick else 64)
-    keys = [k for k in fid[0] if k != "case"]
+    keys = [k for k in fid[0] if k.endswith("/fidelity")]  # summary fidelity: in results.json only
     print(f"{'case':<18} " + " ".join(f"{k:>20}" for k in keys))
     base = fid[0]
     for r in fid:
-        print(f"{r['case']:<18} " + " ".join(f"{r[k]:>11.3f} ({r[k] / base[k]:>5.1%})" for k in keys))
+        print(f"{r['case']:<18} " + " ".join(f"{r[k]:>11.4g} ({r[k] / base[k]:>5.1%})" for k in keys))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps({"throughput": rows, "fidelity": fid}, indent=2))
     print(f"\nwrote {a.out / 'results.json'}; total {time.time() - t_start:.0f} s; "

@@ -99,13 +99,12 @@ def _identity(x: Tensor, mode: str = "mean") -> Tensor:  # noqa: ARG001 - same s
 
 
 def _soft_matching(a: Tensor, b: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Match sources a (B, S, C') to destinations b (B, D, C') by cosine similarity; keep the best r edges.
+    """Match sources a (B, S, C') to destinations b (B, D, C') by dot product (cosine: both L2-normalized);
+    keep the best r edges.
 
     Returns (kept, moved, into), each (B, *, 1) long: sources that stay (in their original order), sources that
     merge (best edge first), and the destination each moving source merges into.
     """
-    a = F.normalize(a, dim=-1)
-    b = F.normalize(b, dim=-1)
     best, best_dst = (a @ b.transpose(-1, -2)).max(dim=-1)  # (B, S)
     order = best.argsort(dim=-1, descending=True, stable=True)
     moved = order[:, :r]
@@ -168,7 +167,7 @@ def bipartite_soft_matching(metric: Tensor, r: int, protected: int = 1) -> tuple
     if r <= 0:
         return _identity, lambda x: x
     with torch.no_grad():
-        rest = metric[:, protected:]
+        rest = F.normalize(metric[:, protected:], dim=-1)
         kept, moved, into = _soft_matching(rest[:, ::2], rest[:, 1::2], r)
     return _closures(protected, slice(0, None, 2), slice(1, None, 2), kept, moved, into, n)
 
@@ -221,6 +220,7 @@ def budget_soft_matching(metric: Tensor, grid: tuple[int, int], num_tokens: int)
     is_dst[cell_anchors(h, w, s, dev)] = True
     dst, src = is_dst.nonzero().flatten(), (~is_dst).nonzero().flatten()
     with torch.no_grad():
+        metric = F.normalize(metric, dim=-1)
         kept, moved, into = _soft_matching(metric[:, src], metric[:, dst], n - num_tokens)
         anchors = torch.cat([src[kept[..., 0]], dst.expand(metric.shape[0], -1)], dim=1)
         order = anchors.argsort(dim=1)[..., None]
