@@ -106,7 +106,7 @@ def _soft_matching(a: Tensor, b: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor
     merge (best edge first), and the destination each moving source merges into.
     """
     best, best_dst = (a @ b.transpose(-1, -2)).max(dim=-1)  # (B, S)
-    order = best.argsort(dim=-1, descending=True, stable=True)
+    order = best.argsort(dim=-1, descending=True)
     moved = order[:, :r]
     kept = order[:, r:].sort(dim=-1).values
     into = best_dst.gather(1, moved)

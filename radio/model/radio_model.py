@@ -270,7 +270,7 @@ class RADIOModel(nn.Module):
         """Backbone outputs after selected blocks (e.g. for dense heads or VLMs that read several layers).
 
         Runs the plain backbone (timm `forward_intermediates`; the final norm is an identity, so the last block's
-        entry equals `model(x)`).
+        entry equals `model(x)`), without token merging whatever `set_token_merging` says.
 
         Args:
             x: (B, 3, H, W) images in [0, 1], H and W multiples of `resolution_step`.

@@ -120,7 +120,7 @@ def test_merge_settings_travel_through_config_and_export(tmp_path):
     out = save_model(m, tmp_path / "student")
     assert json.loads((out / "config.json").read_text())["tome"] == {"r": 3, "schedule": "decreasing",
                                                                       "num_tokens": 16}
-    assert "output budget 16" in (out / "README.md").read_text()
+    assert "default output-token budget: 16" in (out / "README.md").read_text()
     loaded = load(out)
     assert loaded.backbone.merge_r == m.backbone.merge_r
     assert torch.equal(loaded(x, adaptors=["a"])["a"].features, before.features)
