@@ -117,7 +117,8 @@ def throughput(res: int, batch: int, rounds: int) -> list[dict]:
 
 
 def profile(res: int, batch: int, case: Case, top: int = 12) -> str:
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
 
     torch.manual_seed(0)
     model = vit_b_student()

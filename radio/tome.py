@@ -94,7 +94,7 @@ def tokens_per_layer(num_tokens: int, schedule: list[int], protected: int = 0) -
     return out
 
 
-def _identity(x: Tensor, mode: str = "mean") -> Tensor:  # noqa: ARG001 - same signature as a merge
+def _identity(x: Tensor, mode: str = "mean") -> Tensor:
     return x
 
 

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from radio import tome
-from radio.tome import (bipartite_soft_matching, budget_soft_matching, budget_stride, cell_anchors, clamp_r,
-                        group_index, merge_schedule, merge_wavg, tokens_per_layer)
+from radio.tome import (
+    bipartite_soft_matching,
+    budget_soft_matching,
+    budget_stride,
+    cell_anchors,
+    clamp_r,
+    group_index,
+    merge_schedule,
+    merge_wavg,
+    tokens_per_layer,
+)
 
 
 def _inputs(b=3, n=37, c=8, seed=0):
@@ -47,7 +56,7 @@ def test_bipartite_merge_conserves_weighted_sum_and_protects_prefix(r, protected
     size[:, :protected] = 1  # protected tokens never merge, so in a model their size stays 1
     x[:, :protected] = x[:, protected:2 * protected]  # protected tokens identical to others still never merge
     metric[:, :protected] = metric[:, protected:2 * protected]
-    merge, unmerge = bipartite_soft_matching(metric, r, protected)
+    merge, _ = bipartite_soft_matching(metric, r, protected)
     y, s = merge_wavg(merge, x, size)
     n, r_eff = x.shape[1], clamp_r(x.shape[1], r, protected)
     assert r_eff == min(r, math.ceil((n - protected) / 2))
@@ -89,8 +98,8 @@ def test_identical_tokens_are_the_first_to_merge():
 
 
 def test_bipartite_merges_the_r_most_similar_edges():
-    metric, x, _ = _inputs(b=2, n=30)
-    merge, unmerge = bipartite_soft_matching(metric, 6, protected=0)
+    metric, _, _ = _inputs(b=2, n=30)
+    _, unmerge = bipartite_soft_matching(metric, 6, protected=0)
     groups = group_index(unmerge, 24, 2)
     m = torch.nn.functional.normalize(metric, dim=-1)
     best = (m[:, ::2] @ m[:, 1::2].transpose(1, 2)).max(-1).values  # (B, 15) per source
@@ -131,7 +140,7 @@ def test_budget_stride_is_the_smallest_that_fits_and_anchors_one_per_cell():
 def test_budget_output_keeps_raster_order_of_anchors():
     # with a budget of N - 1 exactly one source merges (into a cell anchor); all else keeps raster order
     h, w = 6, 7
-    metric, x, _ = _inputs(b=2, n=h * w)
+    metric, _, _ = _inputs(b=2, n=h * w)
     _, unmerge = budget_soft_matching(metric, (h, w), h * w - 1)
     groups = group_index(unmerge, h * w - 1, 2)
     anchors = set(cell_anchors(h, w, budget_stride(h, w, h * w - 1)).tolist())
@@ -146,7 +155,7 @@ def test_budget_output_keeps_raster_order_of_anchors():
 
 def test_budget_identical_source_and_destination_merge_first():
     h, w = 6, 6
-    metric, x, _ = _inputs(b=1, n=h * w)
+    metric, _, _ = _inputs(b=1, n=h * w)
     dst = int(cell_anchors(h, w, budget_stride(h, w, 35))[2])
     src = dst + 1 if dst + 1 < h * w else dst - 1
     metric[0, src] = metric[0, dst]
