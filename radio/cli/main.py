@@ -71,7 +71,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     adaptors = [] if a.no_adaptors else a.adaptors
     out = export_checkpoint(a.ckpt, a.out, fmt=a.format, adaptors=adaptors, num_tokens=a.num_tokens,
-                            report=a.report, verify_onnx=not a.no_check)
+                            report=a.report, verify_onnx=not a.no_check, merge_r=a.merge_r,
+                            merge_schedule=a.merge_schedule)
     config = json.loads((out / CONFIG_NAME).read_text())
     config = config.get("radio_config", config)
     kept = [t["name"] for t in config["teachers"] if t.get("has_adaptor", True)]
@@ -132,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep only these teachers' adaptor heads (default: all)")
     keep.add_argument("--no-adaptors", action="store_true", help="drop every adaptor head (backbone only)")
     e.add_argument("--num-tokens", type=int, default=None,
-                   help="default output-token budget stored in config.json (defaults.num_tokens)")
+                   help="default output-token budget: `model(x)` merges the patch tokens to exactly N (e.g. 256 "
+                        "for a VLM); stored in config.json (tome.num_tokens, defaults.num_tokens)")
+    e.add_argument("--merge-r", type=int, default=0,
+                   help="default in-network token merging: tokens merged per block (tome.r; default 0 = off)")
+    e.add_argument("--merge-schedule", default="constant", choices=["constant", "decreasing"],
+                   help="schedule of --merge-r over the blocks (tome.schedule)")
     e.add_argument("--report", default=None,
                    help="report.json whose eval results go into the model card (default: one found next to "
                         "the checkpoint's run)")
