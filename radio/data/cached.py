@@ -70,7 +70,7 @@ class CacheConfig:
         whole_view: probability that a sample sees the whole canvas, unflipped (its summary target is exact).
     """
 
-    dir: str = ""
+    dir: str
     teachers: Optional[list[str]] = None
     align: Optional[str] = None
     summary: str = "exact"
@@ -118,6 +118,8 @@ def coerce_config(cfg: Any) -> CacheConfig:
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(f"data.cache: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    if not cfg.get("dir"):
+        raise ValueError("data.cache.dir: required (the directory `radio cache --out DIR` wrote)")
     return CacheConfig(**cfg)
 
 

@@ -15,6 +15,7 @@ from radio.data.shards import decode_sample, iter_raw_samples, resolve_shards
 from radio.data.synth import write_synth
 from radio.data.transforms import eval_transform
 from radio.train.module import DistillModule
+from radio.train.targets import summary_target_loss
 from radio.train.validate import ConfigError, validate_recipe
 from teachers.cache import CacheMismatchError, cache_teachers
 from tests.helpers import TINY_CLIP, TINY_DINO, TINY_SAM, TINY_STUDENT, tiny_recipe
@@ -100,8 +101,6 @@ def test_summary_targets_only_where_the_view_is_the_whole_canvas(synth_dir, cach
     tg = module.partition_targets(part)
     pred_summary = torch.randn(len(valid), 32)
     masked = 1 - torch.cosine_similarity(pred_summary[valid], tg["clip"].summary[valid], dim=-1).mean()
-    from radio.train.targets import summary_target_loss
-
     got = summary_target_loss(pred_summary, tg["clip"])
     assert (got is None) if not valid.any() else torch.isclose(got, masked)
     _, approx = _batch(synth_dir, cached, whole_view=0.0, teachers=["clip"], summary="approximate")
@@ -130,7 +129,10 @@ def _recipe(synth_dir, tmp_path, cache_dir, **cache):
 
 def test_a_recipe_whose_teacher_differs_from_the_cache_fails_before_compute(synth_dir, cached, tmp_path,
                                                                             monkeypatch):
-    monkeypatch.setattr(teachers, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    def boom(*a, **k):
+        raise AssertionError("a teacher was built before the recipe was validated")
+
+    monkeypatch.setattr(teachers, "build", boom)
     validate_recipe(_recipe(synth_dir, tmp_path, cached))  # the cache fits its own recipe
     r = _recipe(synth_dir, tmp_path, cached)
     r["model"]["teachers"][1]["seed"] = 7
