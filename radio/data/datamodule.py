@@ -7,6 +7,10 @@ workers; with W workers the loader hands out worker w's j-th batch as step j W +
 each worker knows the step, hence the stage, of every batch it makes. Validation reads the validation shards once
 in order at `val_resolution`. Bad samples are skipped and counted (`errors`).
 
+With `cache` (radio.data.cached) feature shards are read beside the image shards, and every partition that a
+cached teacher supervises gets one patch-aligned crop + flip per sample, applied to the image and to the cached
+grids; its batch also carries "cached" (teacher -> CachedTargets) and "crop" (B, 6).
+
 A training batch is {"partitions": [{"image" (B_i, 3, r_i, r_i), "label" (B_i,), "key", "resolution",
 "teachers", "weight"}, ...], "stage": int, "step": int}; a validation batch is {"image", "label", "key"}.
 """
@@ -18,6 +22,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from radio.data.cached import CacheConfig, CachedShardJoin, CachedViews, coerce_config, decode_with_cache, read_layout
 from radio.data.schedule import Schedule, StageConfig
 from radio.data.shards import ErrorCounter, Sample, decode_sample, resolve_shards
 from radio.data.transforms import eval_transform, train_transform
@@ -49,10 +54,13 @@ class PartitionBatcher:
         schedule: the stages.
         min_crop_scale: lower bound of the random resized crop's area fraction.
         start_step: the global step of the first batch (non-zero when resuming).
+        cache: the aligned crops of the cached teachers (None: no cache).
     """
 
-    def __init__(self, schedule: Schedule, min_crop_scale: float, start_step: int = 0) -> None:
+    def __init__(self, schedule: Schedule, min_crop_scale: float, start_step: int = 0,
+                 cache: Optional[CachedViews] = None) -> None:
         self.schedule = schedule
+        self.cache = cache
         self.start_step = start_step
         self.transforms = {r: train_transform(r, min_crop_scale) for r in schedule.resolutions()}
 
@@ -66,9 +74,14 @@ class PartitionBatcher:
             parts = []
             for p in self.schedule.stages[index].partitions:
                 chunk = [next(samples) for _ in range(p.batch_size)]
-                tf = self.transforms[p.resolution]
+                cached = self.cache.names(p.teachers) if self.cache is not None else []
+                if cached:
+                    part = self.cache.partition(chunk, p.resolution, cached)
+                else:
+                    tf = self.transforms[p.resolution]
+                    part = {"image": torch.stack([tf(s.image) for s in chunk])}
                 parts.append({
-                    "image": torch.stack([tf(s.image) for s in chunk]),
+                    **part,
                     "label": torch.tensor([s.label for s in chunk], dtype=torch.long),
                     "key": [s.key for s in chunk],
                     "resolution": p.resolution,
@@ -96,12 +109,14 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: samples held for shuffling.
         min_crop_scale: lower bound of the random resized crop's area fraction.
         seed: seed of the shard resampling (per rank and worker) and of the shuffle buffer: runs are repeatable.
+        cache: read these teachers' targets from a feature cache (radio.data.cached.CacheConfig).
     """
 
     def __init__(self, shards: str, val_shards: Optional[str] = None, resolution: Optional[int] = None,
                  batch_size: Optional[int] = None, stages: Optional[list[StageConfig]] = None,
                  val_resolution: Optional[int] = None, val_batch_size: Optional[int] = None, num_workers: int = 2,
-                 shuffle_buffer: int = 1000, min_crop_scale: float = 0.35, seed: int = 0) -> None:
+                 shuffle_buffer: int = 1000, min_crop_scale: float = 0.35, seed: int = 0,
+                 cache: Optional[CacheConfig] = None) -> None:
         super().__init__()
         if stages and (resolution is not None or batch_size is not None):
             raise ValueError("data: give either data.resolution/data.batch_size (one partition) or data.stages, "
@@ -122,11 +137,15 @@ class ShardDataModule(L.LightningDataModule):
         self.min_crop_scale = min_crop_scale
         self.seed = seed
         self.errors = ErrorCounter()
+        self.cache = coerce_config(cache) if cache is not None else None
+        self.cache_layout = None
         self._train_urls: list[str] = []
         self._val_urls: list[str] = []
 
     def setup(self, stage: Optional[str] = None) -> None:
         self._train_urls = resolve_shards(self.shards, "data.shards")
+        if self.cache is not None:
+            self.cache_layout = read_layout(self.cache, self._train_urls)
         if self.val_shards:
             self._val_urls = resolve_shards(self.val_shards, "data.val_shards")
 
@@ -139,12 +158,14 @@ class ShardDataModule(L.LightningDataModule):
 
         if not self._train_urls:
             self.setup("fit")
+        layout = self.cache_layout
         ds = wds.DataPipeline(
             wds.ResampledShards(self._train_urls, seed=self.seed, deterministic=True),
-            wds.tarfile_to_samples(handler=self.errors),
+            CachedShardJoin(layout, self.errors) if layout else wds.tarfile_to_samples(handler=self.errors),
             wds.detshuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed),
-            wds.map(decode_sample, handler=self.errors),
-            PartitionBatcher(self.schedule, self.min_crop_scale, self._start_step()),
+            wds.map(decode_with_cache if layout else decode_sample, handler=self.errors),
+            PartitionBatcher(self.schedule, self.min_crop_scale, self._start_step(),
+                             cache=CachedViews(layout, self.min_crop_scale) if layout else None),
         )
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())

@@ -4,7 +4,9 @@ Checks: teacher names are registered and unique, normalizer names are registered
 resolves, every training resolution (single `data.resolution` or every partition of `data.stages`) and every
 fidelity resolution is a multiple of the student's patch size and within its max_resolution, stages are well
 formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
-`data.stages` are not mixed, and every shard pattern matches files. Errors name the field or path.
+`data.stages` are not mixed, every shard pattern matches files, and a `data.cache` holds, for every teacher it
+reads, a cache written for that teacher (meta.json) with a feature shard per training shard. Errors name the
+field or path.
 """
 from __future__ import annotations
 
@@ -32,6 +34,22 @@ def _resolution_errors(field: str, res: Any, patch: int, max_res: int) -> list[s
     if max_res and res > max_res:
         return [f"{field}: {res} exceeds model.student.max_resolution {max_res}"]
     return []
+
+
+def _cache_errors(entries: list[Any], patch: int, data_args: Any, urls: Any) -> list[str]:
+    import dataclasses
+
+    from radio.data.cached import cache_errors, main_resolution
+    from teachers.base import TeacherSpec
+
+    def plain(v: Any) -> Any:
+        return v.as_dict() if hasattr(v, "as_dict") else v
+
+    fields = dataclasses.fields(TeacherSpec)
+    specs = {_get(t, "name"): {f.name: plain(_get(t, f.name, f.default)) for f in fields} for t in entries}
+    mosaic = {_get(t, "name"): bool(_get(t, "mosaic", False)) for t in entries}
+    grid = (main_resolution(data_args) // patch,) * 2
+    return cache_errors(_get(data_args, "cache"), specs, mosaic, grid, urls)
 
 
 def validate_recipe(cfg: Any) -> None:
@@ -93,14 +111,18 @@ def validate_recipe(cfg: Any) -> None:
     if est is not None and est < 1:
         errors.append(f"model.normalization.estimate_steps: must be >= 1, got {est}")
 
+    urls = None
     for key in ("shards", "val_shards"):
         spec = _get(data_args, key)
         if spec is None and key == "val_shards":
             continue
         try:
-            resolve_shards(spec, f"data.{key}")
+            found = resolve_shards(spec, f"data.{key}")
+            urls = found if key == "shards" else urls
         except FileNotFoundError as e:
             errors.append(str(e))
+    if _get(data_args, "cache") is not None:
+        errors += _cache_errors(entries, patch, data_args, urls)
 
     if errors:
         raise ConfigError("invalid recipe:\n  " + "\n  ".join(errors))
