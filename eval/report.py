@@ -38,10 +38,12 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path,
     import matplotlib.pyplot as plt
 
     series = read_metrics_csv(metrics_csv)
-    loss_keys = [k for k in series if k.startswith(prefixes) and not k.endswith("fidelity")]
+    # the loss and its per-teacher terms; per-resolution (`@res`) copies and the diagnostics go to other plots
+    loss_keys = [k for k in series if k.startswith(prefixes) and "@" not in k
+                 and not k.endswith(("fidelity", "cos_error", "/stage"))]
     if not loss_keys:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     for k in sorted(loss_keys):
         steps, vals = zip(*series[k])
         ax = axes[0] if k.startswith("train/") else axes[1]
@@ -53,8 +55,7 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path,
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+            ax.legend(fontsize=7, ncol=1 + len(ax.lines) // 10)
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
