@@ -9,7 +9,7 @@ def test_demo_produces_a_report_with_knn_for_student_and_each_teacher(tmp_path):
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     knn = report["probes"]["knn"]
     assert set(knn) == {"student", "clip", "dino_v2", "sam"}
-    for model, per_field in knn.items():
+    for per_field in knn.values():
         assert 0.0 <= per_field["label"]["top1"] <= 1.0 and per_field["label"]["k"] == 20
     train_loss = report["training"]["metrics"]["train/loss"]
     assert train_loss["last"] < train_loss["first"]
