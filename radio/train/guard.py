@@ -82,7 +82,8 @@ class RunGuard:
                 f"{self.first_bad_step}..{step}; {self.skipped} skipped in all, limit "
                 f"model.stability.max_nonfinite_steps = {self.max_nonfinite_steps}); non-finite terms (teacher/"
                 f"term@partition resolution): {', '.join(self.bad_terms)}; no update was applied for them; "
-                f"{saved}. Lower model.optimizer.lr or check those teachers' inputs, then resume with --ckpt_path")
+                f"{saved}. Lower model.optimizer.lr or check those teachers' inputs, then resume with --ckpt_path "
+                f"{checkpoint or 'last'}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"reads": self.reads, "bad": self.bad, "skipped": self.skipped, "streak": self.streak,
