@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -139,13 +138,16 @@ class TeacherEncoder(Encoder):
         return self
 
 
+def export_provenance(export_dir: str | Path) -> dict[str, Any]:
+    """The provenance block of an export directory, native or `--format hf` (radio.export.read_export)."""
+    from radio.export import read_export
+
+    return dict(read_export(export_dir).raw.get("provenance") or {})
+
+
 def recorded_teacher(export_dir: str | Path, name: str) -> dict[str, Any]:
     """The spec of teacher `name` exactly as the export at `export_dir` was trained with (its provenance)."""
-    cfg_file = Path(export_dir) / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{str(cfg_file)!r} is missing; is {str(export_dir)!r} a radio export directory?")
-    cfg = json.loads(cfg_file.read_text())
-    specs = {s["name"]: s for s in cfg.get("provenance", {}).get("teacher_specs", [])}
+    specs = {s["name"]: s for s in export_provenance(export_dir).get("teacher_specs", [])}
     if name not in specs:
         raise ModelSpecError(f"{export_dir}: no recorded teacher {name!r}; recorded: {', '.join(specs) or 'none'}")
     return specs[name]

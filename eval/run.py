@@ -5,7 +5,6 @@ and val splits once, runs the probes on them, and writes report.json, report.md 
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import torch
 
 from eval import probes as P
 from eval.datasets import Dataset, DatasetError, ShardSplit, open_dataset, read_info, shard_label_classes
-from eval.features import Encoder, FeatureBank, describe, extract_split, load_encoder
+from eval.features import Encoder, FeatureBank, describe, export_provenance, extract_split, load_encoder
 from eval.knn import knn_eval
 from eval.report import write_report
 from eval.vlm import VLMConfig
@@ -114,7 +113,7 @@ class Evaluation:
         if self.opts.with_teachers:
             for s in self.specs:
                 if isinstance(s, str) and Path(s).is_dir() and (Path(s) / "config.json").is_file():
-                    recorded = json.loads((Path(s) / "config.json").read_text()).get("provenance", {})
+                    recorded = export_provenance(s)
                     specs += [f"{s}::{t['name']}" for t in recorded.get("teacher_specs", [])]
         seen: set[str] = set()
         lazy = [lambda e=e: e for e in self.given]

@@ -103,13 +103,15 @@ def select_adaptors(model: RADIOModel, keep: Optional[Sequence[str]]) -> RADIOMo
 def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str = "safetensors",
                       adaptors: Optional[Sequence[str]] = None, num_tokens: Optional[int] = None,
                       report: Optional[str | Path] = None, extra: Optional[dict[str, Any]] = None,
-                      verify_onnx: bool = True) -> Path:
+                      verify_onnx: bool = True, merge_r: int = 0, merge_schedule: str = "constant") -> Path:
     """Write the student of a fit checkpoint to `out` in format `fmt` (see module docstring).
 
     Args:
         adaptors: names of the adaptor heads to keep ([] drops them all); None keeps every one.
-        num_tokens: default output-token budget, stored as `defaults.num_tokens` in config.json for token
-            merging (None: the full patch grid).
+        num_tokens: default output-token budget: the loaded model's `forward` merges the patch tokens to exactly
+            this many (radio.tome); stored as `tome.num_tokens` and `defaults.num_tokens` (None: full grid).
+        merge_r, merge_schedule: default in-network token merging of the loaded model (`tome.r`,
+            `tome.schedule`; RADIOModel.set_token_merging).
         report: a `report.json` whose eval results go into the model card; None looks for one next to the
             checkpoint's run (radio.model_card.find_report).
         verify_onnx: with fmt="onnx", run the graph with onnxruntime at two resolutions and fail if it differs
@@ -122,6 +124,7 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str = "safete
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; available: {', '.join(FORMATS)}")
     model = select_adaptors(model_from_checkpoint(ckpt_path), adaptors)
+    model.set_token_merging(r=merge_r, schedule=merge_schedule, num_tokens=model.config.tome.num_tokens)
     report_path = Path(report) if report is not None else find_report(ckpt_path)
     provenance = {"checkpoint": str(ckpt_path), "step": model.radio_checkpoint_step,
                   "teacher_specs": model.radio_teacher_specs, **(extra or {})}
@@ -169,6 +172,9 @@ def export_config(model: RADIOModel, provenance: Optional[dict[str, Any]] = None
                   num_tokens: Optional[int] = None) -> dict[str, Any]:
     """The native config.json content (without the weights' checksum)."""
     config = model.config.to_dict()
+    if num_tokens is not None:
+        config["tome"]["num_tokens"] = num_tokens
+    num_tokens = config["tome"]["num_tokens"]
     s = model.config.student
     config["resolution_step"] = model.resolution_step
     config["preprocessing"] = {"input": "float RGB (B, 3, H, W) in [0, 1]; the model normalizes internally",
@@ -234,9 +240,12 @@ def parse_export_config(raw: Any, source: str) -> ModelConfig:
     """ModelConfig from a native config dict (export-only keys ignored); errors name `source` and the key."""
     if not isinstance(raw, dict):
         raise ExportError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+    d = {k: v for k, v in raw.items() if k not in EXPORT_KEYS + ("onnx",)}
+    budget = (raw.get("defaults") or {}).get("num_tokens")
+    if "tome" not in d and budget is not None:  # written before ModelConfig.tome: the budget was only here
+        d["tome"] = {"num_tokens": budget}
     try:
-        return ModelConfig.from_dict({k: v for k, v in raw.items() if k not in EXPORT_KEYS + ("onnx",)},
-                                     source=source)
+        return ModelConfig.from_dict(d, source=source)
     except (ValueError, TypeError) as e:
         raise ExportError(str(e)) from e
 

@@ -73,9 +73,9 @@ class RADIOStudentModel(PreTrainedModel):
             restore_derived_buffers(module)
 
     def forward(self, pixel_values: Tensor, adaptors: Optional[Sequence[str]] = None,
-                feature_fmt: str = "NLC"):
+                feature_fmt: str = "NLC", num_tokens: Optional[int] = None):
         """Same contract as `RADIOModel.forward`: StudentOutput, or name -> AdaptorOutput with `adaptors`."""
-        return self.model(pixel_values, adaptors=adaptors, feature_fmt=feature_fmt)
+        return self.model(pixel_values, adaptors=adaptors, feature_fmt=feature_fmt, num_tokens=num_tokens)
 
     def forward_intermediates(self, pixel_values: Tensor, **kwargs: Any) -> IntermediatesOutput:
         return self.model.forward_intermediates(pixel_values, **kwargs)

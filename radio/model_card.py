@@ -121,6 +121,9 @@ def model_card(config: dict[str, Any], fmt: str = "safetensors",
                      f"{t['normalizer']} | {'yes' if t.get('has_adaptor', True) else 'dropped'} |"
                      for t in config["teachers"])
     budget = (config.get("defaults") or {}).get("num_tokens")
+    tome = config.get("tome") or {}
+    merging = (f"\n- default in-network token merging: r = {tome['r']} per block ({tome.get('schedule')}); "
+               "`model.set_token_merging()` turns it off" if tome.get("r") else "")
     prov = config.get("provenance") or {}
     source = f"\n- trained: {prov['checkpoint']} (step {prov.get('step')})" if prov.get("checkpoint") else ""
     onnx_check = ""
@@ -140,7 +143,7 @@ Agglomerative student distilled by radio from {len(config['teachers'])} teacher(
 - architecture: {arch}
 - input: float RGB in [0, 1], height and width multiples of {config['resolution_step']} (up to \
 {s['max_resolution']}); the model normalizes with mean {s['mean']}, std {s['std']}
-- default output-token budget: {budget or 'none (full patch grid)'}
+- default output-token budget: {budget or 'none (full patch grid)'}{merging}
 - format version: {config['format_version']}{source}{onnx_check}
 
 | teacher | summary dim | feature dim | teacher patch | normalizer | adaptor |

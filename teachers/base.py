@@ -28,8 +28,9 @@ class CanvasRegion(NamedTuple):
     Attributes:
         height, width: pixels of the (resized) image on the canvas.
         grid_height, grid_width: feature cells, counted from the top-left cell, that hold image pixels: crop a
-            (B, C, h, w) feature grid to `features[..., :grid_height, :grid_width]` to drop the padding. A cell
-            on the image's border may be part padding (ceil of pixels / patch size).
+            (B, C, h, w) feature grid to `features[..., :grid_height, :grid_width]` to drop the padding. On a
+            padded canvas (SAM) a cell on the image's border may be part padding (ceil of pixels / patch size);
+            a teacher without padding has floor(pixels / patch size) cells.
         scale: canvas pixels per input pixel.
     """
 
@@ -110,16 +111,27 @@ class Teacher(nn.Module):
             return grid[0] * self.patch_size, grid[1] * self.patch_size
         return self.input_size, self.input_size
 
+    def feature_grid(self, h: int, w: int) -> tuple[int, int]:
+        """Feature cells (h', w') of an (h, w) input: floor(size / patch), as a strided patch embedding gives."""
+        return h // self.patch_size, w // self.patch_size
+
     def valid_region(self, h: int, w: int) -> CanvasRegion:
-        """Region of the canvas that holds an (h, w) input (see CanvasRegion); here the whole input."""
-        return CanvasRegion(h, w, -(-h // self.patch_size), -(-w // self.patch_size), 1.0)
+        """Region of the canvas that holds an (h, w) input (see CanvasRegion): the whole input, whose feature
+        grid is floor(size / patch) (a fixed-size teacher whose size is not a multiple of its patch, such as
+        SigLIP-SO400M-14-384, leaves its last size % patch pixel rows and columns out of every cell)."""
+        return CanvasRegion(h, w, *self.feature_grid(h, w), 1.0)
 
     def check_resolution(self, h: int, w: int) -> None:
+        """A dynamic teacher takes any multiple of its patch size; a fixed-size teacher exactly its input size,
+        a multiple of the patch or not (SigLIP-SO400M-14 at 384: 27 x 27 cells of 14 px)."""
+        if not self.dynamic_resolution:
+            if (h, w) != (self.input_size, self.input_size):
+                raise ValueError(f"teacher {self.name!r} runs only at {self.input_size}x{self.input_size}, "
+                                 f"got {h}x{w}")
+            return
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"teacher {self.name!r}: input {h}x{w} is not a multiple of its patch size "
                              f"{self.patch_size}")
-        if not self.dynamic_resolution and (h, w) != (self.input_size, self.input_size):
-            raise ValueError(f"teacher {self.name!r} runs only at {self.input_size}x{self.input_size}, got {h}x{w}")
 
     def _prepare(self, x: Tensor) -> Tensor:
         """Geometric preprocessing on images in [0, 1] before normalization (e.g. SAM's resize); default none."""

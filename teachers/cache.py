@@ -5,11 +5,14 @@ the same order, so a reader can walk an image shard and its feature shard side b
 `features.npy` (C, h, w) and `summary.npy` (C,) when the teacher has one; and OUT/<teacher>/meta.json with the
 format version, the teacher's spec (name, model, pretrained, arch, seed, options) and description (patch size,
 dims, mean/std), resolution, feature grid, the region of the canvas that holds the image, dtype, counts, the
-storage per image and the image-shard -> feature-shard map.
+storage per image, the image-shard -> feature-shard map and each image shard's size in bytes (so that a reader
+can tell another shard of the same name from the one cached).
 
 float16 (the default) halves the storage; a value outside float16's range is an error naming shard and key,
 never an inf in the cache. `check_cache_meta` is what a reader calls to refuse a cache written for another
-teacher or resolution.
+teacher or resolution; `check_cache_for_grid` adds the resolution `cache_teachers` would write for a student
+grid and the consistency of the recorded shapes; `decode_cached` reads one cached sample. The training-side
+reader (augmentation, batches) is radio.data.cached.
 """
 from __future__ import annotations
 
@@ -149,6 +152,7 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
         "dtype": dtype, "count": n, "skipped": errors.total, "skipped_examples": errors.examples,
         "bytes_per_image": total_bytes / max(1, n), "bytes_total": total_bytes,
         "source_shards": urls, "shards": shard_map,
+        "source_bytes": {names[u]: os.path.getsize(u) for u in urls if os.path.isfile(u)},
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return meta
@@ -203,3 +207,55 @@ def decode_cached(raw: dict[str, Any]) -> TeacherOutput:
     if "summary.npy" in raw:
         summ = torch.from_numpy(np.load(io.BytesIO(raw["summary.npy"]), allow_pickle=False).astype(np.float32))
     return TeacherOutput(summ, feats)
+
+
+def expected_resolution(teacher: dict[str, Any], student_grid: tuple[int, int]) -> tuple[int, int]:
+    """The canvas `cache_teachers` writes for a teacher described by `Teacher.describe()` and a student grid:
+    a dynamic teacher at the grid times its patch, a fixed-size one at its input size (`Teacher.resolution_for`)."""
+    if teacher.get("dynamic_resolution"):
+        p = int(teacher["patch_size"])
+        return student_grid[0] * p, student_grid[1] * p
+    return int(teacher["input_size"]), int(teacher["input_size"])
+
+
+def read_cache_meta(directory: Union[str, Path]) -> dict[str, Any]:
+    """The parsed meta.json of a teacher's cache directory; a missing or unreadable file is an error naming it."""
+    path = Path(directory) / "meta.json"
+    if not path.is_file():
+        where = "does not exist" if not Path(directory).exists() else "has no meta.json"
+        raise FileNotFoundError(f"feature cache {directory} {where} (write it with `radio cache`)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CacheMismatchError(f"feature cache {path}: unreadable ({e})") from e
+
+
+def check_cache_for_grid(directory: Union[str, Path], spec: Union[TeacherSpec, dict, str],
+                         student_grid: tuple[int, int]) -> dict[str, Any]:
+    """The metadata of a teacher's cache if it is what `cache_teachers` writes for `spec` and a student grid.
+
+    On top of `check_cache_meta` (every spec field, the resolution, the format version): a known dtype, at least
+    one sample, and recorded shapes that agree with the teacher's description (patch size, floor(resolution /
+    patch) cells, feature and summary widths). Errors name meta.json and every problem.
+    """
+    meta = read_cache_meta(directory)
+    meta = check_cache_meta(directory, spec, expected_resolution(meta.get("teacher") or {}, student_grid))
+    path, teacher = Path(directory) / "meta.json", meta["teacher"]
+    p, res = int(teacher["patch_size"]), meta["resolution"]
+    grid = [res[0] // p, res[1] // p]
+    problems = []
+    if meta.get("dtype") not in DTYPES:
+        problems.append(f"dtype {meta.get('dtype')!r} is not one of {sorted(DTYPES)}")
+    if not meta.get("count"):
+        problems.append("no cached sample (count 0)")
+    if meta.get("patch_size") != p:
+        problems.append(f"patch_size {meta.get('patch_size')} != the teacher's {p}")
+    if meta.get("features_shape") != [teacher["feature_dim"], *grid]:
+        problems.append(f"features_shape {meta.get('features_shape')} != [{teacher['feature_dim']}, {grid[0]}, "
+                        f"{grid[1]}] (feature width, floor(resolution / patch) cells)")
+    want_summary = [teacher["summary_dim"]] if teacher.get("summary_dim") else None
+    if meta.get("summary_shape") != want_summary:
+        problems.append(f"summary_shape {meta.get('summary_shape')} != {want_summary}")
+    if problems:
+        raise CacheMismatchError(f"feature cache {path}: " + "; ".join(problems))
+    return meta

@@ -14,7 +14,9 @@ References: Radford et al., CLIP (2021); Fang et al., Data Filtering Networks (2
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from typing import Any, Optional
 
 from torch import Tensor
@@ -34,6 +36,22 @@ def _deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+class _NoRandomInitWarning(logging.Filter):
+    """Context manager: drops open_clip's random-initialisation warning (logged on the root logger) while on."""
+
+    MESSAGE = "No pretrained weights loaded for model"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.MESSAGE)
+
+    def __enter__(self) -> "_NoRandomInitWarning":
+        logging.getLogger().addFilter(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger().removeFilter(self)
 
 
 def _published_preprocess(model_name: str) -> Optional[dict[str, Any]]:
@@ -93,8 +111,11 @@ class OpenCLIPTeacher(Teacher):
             kwargs["force_preprocess_cfg"] = _published_preprocess(model_name)
         force_size = input_size if input_size and not arch else None
         create = dict(force_image_size=force_size, pretrained_text=False, **kwargs)
+        # Random weights on purpose (pretrained: false / arch), or a local file loaded below: open_clip's
+        # "No pretrained weights loaded ... initialized randomly" warning would be noise or wrong there.
+        quiet = _NoRandomInitWarning() if tag is None or path else contextlib.nullcontext()
         try:
-            with hub_guard():
+            with hub_guard(), quiet:
                 self.model = open_clip.create_model(model_name, pretrained=None if path else tag, **create)
         except Exception as e:  # missing download, unknown tag, mismatched checkpoint
             if tag is None:

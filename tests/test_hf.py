@@ -99,3 +99,13 @@ def test_hf_errors_are_clear(hf_dir, tmp_path):
         radio.load(d)
     with pytest.raises(ExportError, match="is newer than this radio supports"):
         AutoModel.from_pretrained(d)
+
+
+def test_eval_resolves_the_teachers_recorded_in_an_hf_export(fit_checkpoint, hf_dir):
+    from eval.features import load_encoder, recorded_teacher
+
+    native = export_checkpoint(fit_checkpoint, hf_dir.parent / "native")
+    for name in NAMES:
+        assert recorded_teacher(hf_dir, name) == recorded_teacher(native, name)
+    enc = load_encoder(f"{hf_dir}::{NAMES[0]}")
+    assert enc.name == NAMES[0] and enc.kind == "teacher"

@@ -41,26 +41,37 @@ def _cmd_pack(a: argparse.Namespace) -> int:
 def _cmd_cache(a: argparse.Namespace) -> int:
     import yaml
 
-    from radio.train.validate import validate_recipe
+    from radio.data.cached import main_resolution
+    from radio.train.validate import ConfigError, validate_recipe
     from teachers.base import TeacherSpec
     from teachers.cache import cache_teachers
 
     with open(a.config) as f:
         cfg = yaml.safe_load(f)
+    data, model = cfg.setdefault("data", {}), cfg.get("model") or {}
+    if a.shards:  # before validation: the recipe's own data.shards need not exist here
+        data["shards"] = a.shards
+    cache = data.pop("cache", None) or {}  # the cache this command writes is not there yet
+    out = a.out or cache.get("dir")
+    if not out:
+        raise ConfigError(f"{a.config}: give --out DIR (or data.cache.dir in the recipe)")
     validate_recipe(cfg)
-    data, model = cfg["data"], cfg["model"]
-    shards = a.shards or data["shards"]
-    stages = data.get("stages") or []
-    res = int(data.get("resolution") or (stages[-1]["partitions"][0]["resolution"] if stages else 224))
-    patch = int(model.get("student", {}).get("patch_size", 16))
+    names = a.teachers or cache.get("teachers")
+    teachers = model["teachers"]
+    unknown = sorted(set(names or []) - {t["name"] for t in teachers})
+    if unknown:
+        raise ConfigError(f"cache --teachers: {unknown} not teachers of {a.config} "
+                          f"({', '.join(t['name'] for t in teachers)})")
+    patch = int((model.get("student") or {}).get("patch_size", 16))
+    res = main_resolution(data)
     spec_keys = set(TeacherSpec.__dataclass_fields__)
-    specs = [{k: v for k, v in t.items() if k in spec_keys} for t in model["teachers"]]
-    results = cache_teachers(specs, shards, a.out, (res // patch, res // patch), batch_size=a.batch_size,
+    specs = [{k: v for k, v in t.items() if k in spec_keys} for t in teachers if not names or t["name"] in names]
+    results = cache_teachers(specs, data["shards"], out, (res // patch, res // patch), batch_size=a.batch_size,
                              dtype=a.dtype)
     for name, meta in results.items():
         print(f"{name}: {meta['count']} images at {meta['resolution'][0]}x{meta['resolution'][1]}, "
               f"{meta['bytes_per_image'] / 1024:.1f} KiB per image ({meta['dtype']}), "
-              f"skipped {meta['skipped']} -> {a.out}/{name}")
+              f"skipped {meta['skipped']} -> {out}/{name}")
     return 0
 
 
@@ -71,7 +82,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     adaptors = [] if a.no_adaptors else a.adaptors
     out = export_checkpoint(a.ckpt, a.out, fmt=a.format, adaptors=adaptors, num_tokens=a.num_tokens,
-                            report=a.report, verify_onnx=not a.no_check)
+                            report=a.report, verify_onnx=not a.no_check, merge_r=a.merge_r,
+                            merge_schedule=a.merge_schedule)
     config = json.loads((out / CONFIG_NAME).read_text())
     config = config.get("radio_config", config)
     kept = [t["name"] for t in config["teachers"] if t.get("has_adaptor", True)]
@@ -115,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cache", help="run a recipe's teachers once and write feature shards")
     c.add_argument("--config", required=True, help="recipe YAML")
-    c.add_argument("--out", required=True, help="cache directory (one sub-folder per teacher)")
+    c.add_argument("--out", default=None,
+                   help="cache directory, one sub-folder per teacher (default: the recipe's data.cache.dir)")
     c.add_argument("--shards", default=None, help="image shards (default: the recipe's data.shards)")
+    c.add_argument("--teachers", nargs="+", metavar="NAME", default=None,
+                   help="cache only these teachers (default: data.cache.teachers, else every teacher)")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     c.set_defaults(func=_cmd_cache)
@@ -132,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep only these teachers' adaptor heads (default: all)")
     keep.add_argument("--no-adaptors", action="store_true", help="drop every adaptor head (backbone only)")
     e.add_argument("--num-tokens", type=int, default=None,
-                   help="default output-token budget stored in config.json (defaults.num_tokens)")
+                   help="default output-token budget: `model(x)` merges the patch tokens to exactly N (e.g. 256 "
+                        "for a VLM); stored in config.json (tome.num_tokens, defaults.num_tokens)")
+    e.add_argument("--merge-r", type=int, default=0,
+                   help="default in-network token merging: tokens merged per block (tome.r; default 0 = off)")
+    e.add_argument("--merge-schedule", default="constant", choices=["constant", "decreasing"],
+                   help="schedule of --merge-r over the blocks (tome.schedule)")
     e.add_argument("--report", default=None,
                    help="report.json whose eval results go into the model card (default: one found next to "
                         "the checkpoint's run)")

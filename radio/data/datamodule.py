@@ -12,6 +12,11 @@ Bad data is skipped and reported, never fatal by itself (radio.data.health): sha
 index is built; sample faults (undecodable image, failed per-sample check) in the worker that reads the sample,
 and they reach the main process inside the batch (`batch["data"]`); the module enforces `max_bad_fraction`.
 
+With `cache` (radio.data.cached) each sample's cached teacher records are read beside it (radio.data.feature_index)
+and every partition that a cached teacher supervises gets one patch-aligned crop + flip per sample (seeded like
+the plain crops), applied to the image and to the cached grids; its batch also carries "cached" (teacher ->
+CachedTargets) and "crop" (B, 6). A missing or malformed record skips its sample like a bad image.
+
 A training batch is {"partitions": [{"image" (B_i, 3, r_i, r_i), "label" (B_i,), "key", "resolution",
 "teachers", "weight"}, ...], "stage": int, "step": int, "data": {"reads": int, "faults": [fault dicts]}};
 B_i is the partition's batch size less any bad samples. A validation batch is {"image", "label", "key"}.
@@ -25,6 +30,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from radio.data.cached import CacheConfig, CachedSample, CachedViews, FeatureError, coerce_config, read_layout
+from radio.data.feature_index import FeatureIndex
 from radio.data.health import BadDataError, DataHealth, Fault, fault_from
 from radio.data.index import ShardIndex
 from radio.data.order import DataOrder, sample_seed
@@ -61,24 +68,38 @@ class PartitionBatcher:
     Args:
         schedule: the stages.
         min_crop_scale: lower bound of the random resized crop's area fraction.
+        cache: the aligned crops of the cached teachers (None: no cache).
     """
 
-    def __init__(self, schedule: Schedule, min_crop_scale: float) -> None:
+    def __init__(self, schedule: Schedule, min_crop_scale: float, cache: Optional[CachedViews] = None) -> None:
         self.schedule = schedule
+        self.cache = cache
         self.transforms = {r: train_transform(r, min_crop_scale) for r in schedule.resolutions()}
 
-    def transform(self, sample: Sample, resolution: int, seed: int) -> dict[str, Any]:
-        """One sample at one partition resolution; its randomness comes from `seed` only. May raise SampleError
-        (the sample is then skipped and counted)."""
+    def cached_names(self, cfg: PartitionConfig) -> list[str]:
+        """The cached teachers that supervise a partition."""
+        return self.cache.names(cfg.teachers) if self.cache is not None else []
+
+    def transform(self, sample: Sample, cfg: PartitionConfig, seed: int) -> dict[str, Any]:
+        """One sample for one partition; its randomness comes from `seed` only. May raise SampleError or
+        FeatureError (the sample is then skipped and counted)."""
+        names = self.cached_names(cfg)
+        if names:
+            generator = torch.Generator().manual_seed(seed)
+            item = self.cache.sample(sample, cfg.resolution, names, generator)  # type: ignore[union-attr, arg-type]
+            return {"image": item.image, "label": sample.label, "key": sample.key, "item": item}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            image = self.transforms[resolution](sample.image)
+            image = self.transforms[cfg.resolution](sample.image)
         return {"image": image, "label": sample.label, "key": sample.key}
 
     def partition(self, items: list[dict[str, Any]], cfg: PartitionConfig) -> dict[str, Any]:
         """One partition's batch from its transformed samples (possibly fewer than its batch size)."""
         r = cfg.resolution
+        names = self.cached_names(cfg)
+        extra = self.cache.stack([s["item"] for s in items], names, r) if names else {}  # type: ignore[union-attr]
         return {
+            **extra,
             "image": torch.stack([s["image"] for s in items]) if items else torch.zeros(0, 3, r, r),
             "label": torch.tensor([s["label"] for s in items], dtype=torch.long),
             "key": [s["key"] for s in items],
@@ -91,9 +112,11 @@ class PartitionBatcher:
 class StepStream(IterableDataset):
     """The training batches of one rank from `start_step` on (endless); see the module docstring."""
 
-    def __init__(self, index: ShardIndex, order: DataOrder, batcher: PartitionBatcher, start_step: int = 0) -> None:
+    def __init__(self, index: ShardIndex, order: DataOrder, batcher: PartitionBatcher, start_step: int = 0,
+                 features: Optional[FeatureIndex] = None) -> None:
         super().__init__()
         self.index, self.order, self.batcher, self.start_step = index, order, batcher, start_step
+        self.features = features
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -115,13 +138,16 @@ class StepStream(IterableDataset):
             for epoch, i in zip(epochs.tolist(), ids.tolist()):
                 reads += 1
                 try:
-                    sample = decode_sample(self.index.read(i))
-                    items.append(self.batcher.transform(sample, cfg.resolution,
-                                                        sample_seed(self.order.seed, epoch, i)))
-                except SampleError as e:
-                    faults.append(fault_from(e, "SampleError").to_dict())
+                    items.append(self.batcher.transform(self.read(i), cfg, sample_seed(self.order.seed, epoch, i)))
+                except (SampleError, FeatureError) as e:
+                    faults.append(fault_from(e, getattr(e, "radio_kind", "SampleError")).to_dict())
             parts.append(self.batcher.partition(items, cfg))
         return {"partitions": parts, "stage": stage, "step": step, "data": {"reads": reads, "faults": faults}}
+
+    def read(self, i: int) -> Sample:
+        """Sample i decoded, with its cached records when training from the feature cache."""
+        sample = decode_sample(self.index.read(i))
+        return CachedSample.of(sample, self.features.records(i)) if self.features is not None else sample
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -144,13 +170,15 @@ class ShardDataModule(L.LightningDataModule):
             were bad, once at least `min_reads_for_bad_fraction` were read; also checked on the shard scan.
         min_reads_for_bad_fraction: samples read (over all ranks) before the bad fraction is judged.
         index_cache: directory for per-shard scan results (shared by ranks and runs; ranks split the scanning).
+        cache: read these teachers' targets from a feature cache (radio.data.cached.CacheConfig).
     """
 
     def __init__(self, shards: str, val_shards: Optional[str] = None, resolution: Optional[int] = None,
                  batch_size: Optional[int] = None, stages: Optional[list[StageConfig]] = None,
                  val_resolution: Optional[int] = None, val_batch_size: Optional[int] = None, num_workers: int = 2,
                  min_crop_scale: float = 0.35, seed: int = 0, max_bad_fraction: float = 0.01,
-                 min_reads_for_bad_fraction: int = 1000, index_cache: Optional[str] = None) -> None:
+                 min_reads_for_bad_fraction: int = 1000, index_cache: Optional[str] = None,
+                 cache: Optional[CacheConfig] = None) -> None:
         super().__init__()
         if stages and (resolution is not None or batch_size is not None):
             raise ValueError("data: give either data.resolution/data.batch_size (one partition) or data.stages, "
@@ -176,7 +204,10 @@ class ShardDataModule(L.LightningDataModule):
         self.index_cache = index_cache
         self.errors = ErrorCounter()  # validation reads
         self.health = DataHealth()  # training: distinct bad items seen by this process
+        self.cache = coerce_config(cache) if cache is not None else None
+        self.cache_layout = None
         self.index: Optional[ShardIndex] = None
+        self.features: Optional[FeatureIndex] = None
         self.order: Optional[DataOrder] = None
         self._train_urls: list[str] = []
         self._val_urls: list[str] = []
@@ -192,6 +223,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         self._train_urls = resolve_shards(self.shards, "data.shards")
+        if self.cache is not None and self.cache_layout is None:
+            self.cache_layout = read_layout(self.cache, self._train_urls)
         if self.val_shards:
             self._val_urls = resolve_shards(self.val_shards, "data.val_shards")
         if stage in (None, "fit") and self.index is None:
@@ -204,10 +237,14 @@ class ShardDataModule(L.LightningDataModule):
             ShardIndex.build(self._train_urls[rank::world], self.index_cache, progress=rank == 0)
             trainer.strategy.barrier("radio-index")
         index = ShardIndex.build(self._train_urls, self.index_cache, progress=rank == 0)
+        faults = list(index.faults)
+        if self.cache_layout is not None:
+            self.features = FeatureIndex(self.cache_layout, index, self.index_cache, progress=rank == 0)
+            faults += self.features.faults
         if rank == 0:
-            self.health.log_new(index.faults)
+            self.health.log_new(faults)
         else:
-            self.health.record(index.faults)
+            self.health.record(faults)
         if len(index) == 0:
             raise BadDataError(f"data.shards: the {len(self._train_urls)} shard(s) of {self.shards!r} hold no "
                                f"usable sample; {self.health.summary()}")
@@ -244,7 +281,9 @@ class ShardDataModule(L.LightningDataModule):
             self.order = self.make_order()
         start = self._start_step()
         self._next_step = start
-        stream = StepStream(self.index, self.order, PartitionBatcher(self.schedule, self.min_crop_scale), start)
+        views = CachedViews(self.cache_layout, self.min_crop_scale) if self.cache_layout is not None else None
+        stream = StepStream(self.index, self.order, PartitionBatcher(self.schedule, self.min_crop_scale, views),
+                            start, self.features)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 

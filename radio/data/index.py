@@ -28,14 +28,16 @@ from radio.data.shards import IMAGE_EXTS, SampleError
 
 _NAME = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 _OPEN_FILES = 64
+SCAN_VERSION = 2  # part of the scan cache's file names: a new layout never reads an old file
 
 
 class ShardScan(NamedTuple):
-    """Byte ranges of one shard's usable samples: starts, ends (n,) int64, and the faults found."""
+    """One shard's usable samples: byte ranges starts, ends (n,) int64, keys (n,) str, and the faults found."""
 
     starts: np.ndarray
     ends: np.ndarray
     faults: list
+    keys: np.ndarray
 
 
 def split_name(name: str) -> tuple[Optional[str], Optional[str]]:
@@ -44,8 +46,13 @@ def split_name(name: str) -> tuple[Optional[str], Optional[str]]:
     return (m.group(1), m.group(2).lower()) if m else (None, None)
 
 
-def scan_shard(url: str) -> ShardScan:
-    """Scan one tar's headers; see the module docstring. Never raises for bad data (faults are returned)."""
+def _empty_scan(faults: list) -> ShardScan:
+    return ShardScan(np.zeros(0, np.int64), np.zeros(0, np.int64), faults, np.zeros(0, dtype=str))
+
+
+def scan_shard(url: str, required: Sequence[str] = IMAGE_EXTS) -> ShardScan:
+    """Scan one tar's headers; see the module docstring. A sample needs one member of `required` (image shards:
+    an image; feature shards: "features.npy"). Never raises for bad data (faults are returned)."""
     size = os.path.getsize(url)
     groups: list[list[Any]] = []  # [key, start, end, exts]
     faults: list[Fault] = []
@@ -53,8 +60,7 @@ def scan_shard(url: str) -> ShardScan:
         try:
             tf = tarfile.open(fileobj=f, mode="r:")
         except tarfile.TarError as e:
-            return ShardScan(np.zeros(0, np.int64), np.zeros(0, np.int64),
-                             [Fault("CorruptShard", url, "", f"not a readable tar file ({e})")])
+            return _empty_scan([Fault("CorruptShard", url, "", f"not a readable tar file ({e})")])
         truncated, kind = None, "TruncatedShard"
         try:
             for m in tf:
@@ -90,31 +96,34 @@ def scan_shard(url: str) -> ShardScan:
             lost = groups.pop()[0] if groups else ""  # the last sample may be incomplete
             faults.append(Fault(kind, url, "", f"{truncated}; the samples before it are used"
                                 + (f" (up to, not including, {lost!r})" if lost else "")))
-    keep = []
+    keep, keys = [], []
+    what = "image" if tuple(required) == tuple(IMAGE_EXTS) else "features"
     for key, start, end, exts in groups:
-        if not any(e in exts for e in IMAGE_EXTS):
-            faults.append(Fault("MissingImage", url, key, f"no image member (one of {IMAGE_EXTS}); members: "
-                                f"{sorted(exts)}"))
+        if not any(e in exts for e in required):
+            faults.append(Fault(f"Missing{what.capitalize()}", url, key, f"no {what} member (one of "
+                                f"{tuple(required)}); members: {sorted(exts)}"))
         else:
             keep.append((start, end))
+            keys.append(key)
     arr = np.asarray(keep, dtype=np.int64).reshape(-1, 2)
-    return ShardScan(arr[:, 0].copy(), arr[:, 1].copy(), faults)
+    return ShardScan(arr[:, 0].copy(), arr[:, 1].copy(), faults, np.asarray(keys, dtype=str))
 
 
-def _cached_scan(url: str, cache_dir: Optional[str]) -> ShardScan:
+def _cached_scan(url: str, cache_dir: Optional[str], required: Sequence[str]) -> ShardScan:
     if not cache_dir:
-        return scan_shard(url)
+        return scan_shard(url, required)
     st = os.stat(url)
-    tag = hashlib.sha1(f"{os.path.realpath(url)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    path = Path(cache_dir) / f"{tag}.npz"
+    text = f"{SCAN_VERSION}|{os.path.realpath(url)}|{st.st_size}|{st.st_mtime_ns}|{','.join(required)}"
+    path = Path(cache_dir) / f"{hashlib.sha1(text.encode()).hexdigest()}.npz"
     if path.is_file():
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             faults = [Fault(*f) for f in json.loads(str(z["faults"]))]
-            return ShardScan(z["starts"], z["ends"], faults)
-    scan = scan_shard(url)
+            return ShardScan(z["starts"], z["ends"], faults, z["keys"])
+    scan = scan_shard(url, required)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, starts=scan.starts, ends=scan.ends, faults=np.asarray(json.dumps([list(f) for f in scan.faults])))
+    np.savez(tmp, starts=scan.starts, ends=scan.ends, keys=scan.keys,
+             faults=np.asarray(json.dumps([list(f) for f in scan.faults])))
     os.replace(tmp, path)
     return scan
 
@@ -127,6 +136,7 @@ class ShardIndex:
         urls: the shards.
         shard: (N,) int32 shard of each sample; start, end: (N,) int64 its byte range in that shard.
         faults: whole-shard and sample faults found by the scan.
+        keys: (N,) str the sample keys.
     """
 
     urls: list[str]
@@ -134,27 +144,32 @@ class ShardIndex:
     start: np.ndarray
     end: np.ndarray
     faults: list[Fault] = field(default_factory=list)
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
 
     def __post_init__(self) -> None:
         self._files: dict[str, Any] = {}
         self._pid = os.getpid()
 
     @classmethod
-    def build(cls, urls: Sequence[str], cache_dir: Optional[str] = None, progress: bool = True) -> "ShardIndex":
+    def build(cls, urls: Sequence[str], cache_dir: Optional[str] = None, progress: bool = True,
+              required: Sequence[str] = IMAGE_EXTS) -> "ShardIndex":
+        """Scan `urls` (or read their scans from `cache_dir`); samples need a member of `required`."""
         it: Any = urls
         if progress and len(urls) > 8:
             from tqdm import tqdm
 
             it = tqdm(urls, desc="index shards", unit="shard", leave=False)
-        shard, start, end, faults = [], [], [], []
+        shard, start, end, keys, faults = [], [], [], [], []
         for i, url in enumerate(it):
-            scan = _cached_scan(url, cache_dir)
+            scan = _cached_scan(url, cache_dir, tuple(required))
             shard.append(np.full(len(scan.starts), i, dtype=np.int32))
             start.append(scan.starts)
             end.append(scan.ends)
+            keys.append(scan.keys)
             faults += scan.faults
         cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
-        return cls(list(urls), cat(shard, np.int32), cat(start, np.int64), cat(end, np.int64), faults)
+        return cls(list(urls), cat(shard, np.int32), cat(start, np.int64), cat(end, np.int64), faults,
+                   cat(keys, str))
 
     def __len__(self) -> int:
         return int(self.shard.shape[0])

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from radio.model.adaptors import AdaptorConfig, TeacherAdaptor
 from radio.model.vit import RADIOStudent, StudentConfig
 from radio.normalize import build_normalizer
+from radio.tome import Merge, TokenMergeConfig, Unmerge, budget_soft_matching, merge_schedule, merge_wavg
 from radio.types import AdaptorOutput, IntermediatesOutput, StudentOutput
 
 FORMAT_VERSION = 2  # 2: TeacherHead.has_adaptor (exports may drop adaptor heads)
@@ -44,12 +45,17 @@ class TeacherHead:
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a RADIOModel; saved as `config.json` in exports and in checkpoints."""
+    """Everything needed to rebuild a RADIOModel; saved as `config.json` in exports and in checkpoints.
+
+    `tome` holds the token-merging defaults the model starts with (in-network r and schedule, output budget);
+    configs written before it existed load with merging off.
+    """
 
     student: StudentConfig
     teachers: list[TeacherHead] = field(default_factory=list)
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     format_version: int = FORMAT_VERSION
+    tome: TokenMergeConfig = field(default_factory=TokenMergeConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -81,8 +87,14 @@ class ModelConfig:
             teachers.append(TeacherHead(**t))
         adaptor_d = d.get("adaptor", {})
         _check_keys(adaptor_d, {f.name for f in dataclasses.fields(AdaptorConfig)}, f"{source}: adaptor")
+        tome_d = d.get("tome", {})
+        _check_keys(tome_d, {f.name for f in dataclasses.fields(TokenMergeConfig)}, f"{source}: tome")
+        try:
+            tome = TokenMergeConfig(**tome_d)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
         return cls(student=StudentConfig(**student_d), teachers=teachers, adaptor=AdaptorConfig(**adaptor_d),
-                   format_version=version)
+                   format_version=version, tome=tome)
 
 
 def _check_keys(d: Dict[str, Any], allowed: set, where: str, required: Sequence[str] = ()) -> None:
@@ -132,6 +144,7 @@ class RADIOModel(nn.Module):
         std = torch.tensor(config.student.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("input_mean", mean, persistent=False)
         self.register_buffer("input_std", std, persistent=False)
+        self.set_token_merging(**dataclasses.asdict(config.tome))
 
     @property
     def resolution_step(self) -> int:
@@ -198,16 +211,58 @@ class RADIOModel(nn.Module):
             return features.transpose(1, 2).reshape(b, c, grid[0], grid[1])
         raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
 
-    def forward(self, x: Tensor, adaptors: Optional[Sequence[str]] = None, feature_fmt: str = "NLC"):
-        """Backbone output, or a dict name -> AdaptorOutput in each teacher's space when `adaptors` is given."""
+    # -- token merging ---------------------------------------------------------------------------------------
+    def set_token_merging(self, r: int = 0, schedule: str = "constant", num_tokens: Optional[int] = None) -> None:
+        """Set the token-merging defaults (replacing all three; `set_token_merging()` turns merging off).
+
+        Args:
+            r: tokens merged per block at inference (ToMe, after attention, keys as metric, proportional
+                attention); dense outputs are unmerged back to the full grid. Eval mode only: in training mode
+                the student uses its own `train_merge_r`.
+            schedule: "constant" or "decreasing" (radio.tome.merge_schedule).
+            num_tokens: default output budget of `forward` (None: the full grid).
+        The settings become `self.config.tome`, so `radio.export.save_model` carries them.
+        """
+        tome = TokenMergeConfig(r=r, schedule=schedule, num_tokens=num_tokens)
+        self.backbone.set_merge_schedule(merge_schedule(len(self.backbone.blocks), tome.r, tome.schedule))
+        self.config = dataclasses.replace(self.config, tome=tome)
+
+    @staticmethod
+    def output_merge(tokens: StudentTokens, num_tokens: int) -> tuple[Merge, Unmerge]:
+        """Merge/unmerge that compress the patch grid to exactly `num_tokens` tokens (radio.tome).
+
+        Matching uses the backbone's patch tokens; apply `merge` (or `radio.tome.merge_wavg`, which also gives
+        the sizes) to the backbone's or any adaptor's (B, N, C) features.
+        """
+        return budget_soft_matching(tokens.patches, tokens.grid, num_tokens)
+
+    def forward(self, x: Tensor, adaptors: Optional[Sequence[str]] = None, feature_fmt: str = "NLC",
+                num_tokens: Optional[int] = None):
+        """Backbone output, or a dict name -> AdaptorOutput in each teacher's space when `adaptors` is given.
+
+        num_tokens: merge the patch features once, after the encoder, to exactly this many tokens (B, K, C),
+            size-weighted, in the raster order of their anchors; None uses `config.tome.num_tokens` (default:
+            the full grid). Needs feature_fmt="NLC".
+        """
         tokens = self.forward_tokens(x)
+        num_tokens = self.config.tome.num_tokens if num_tokens is None else num_tokens
+        if num_tokens is None:
+            def finish(f: Tensor) -> Tensor:
+                return self._fmt(f, tokens.grid, feature_fmt)
+        else:
+            if feature_fmt != "NLC":
+                raise ValueError(f"feature_fmt {feature_fmt!r} needs the full grid; output compression "
+                                 f"(num_tokens={num_tokens}) returns 'NLC' only")
+            merge, _ = self.output_merge(tokens, num_tokens)
+
+            def finish(f: Tensor) -> Tensor:
+                return merge_wavg(merge, f)[0]
         if adaptors is None:
-            summary = tokens.summary.flatten(1)
-            return StudentOutput(summary, self._fmt(tokens.patches, tokens.grid, feature_fmt))
+            return StudentOutput(tokens.summary.flatten(1), finish(tokens.patches))
         out = {}
         for name in adaptors:
             a = self.adapt(name, tokens)
-            out[name] = AdaptorOutput(a.summary, self._fmt(a.features, tokens.grid, feature_fmt))
+            out[name] = AdaptorOutput(a.summary, finish(a.features))
         return out
 
     def forward_intermediates(self, x: Tensor, indices: Optional[int | Sequence[int]] = None,
@@ -215,7 +270,7 @@ class RADIOModel(nn.Module):
         """Backbone outputs after selected blocks (e.g. for dense heads or VLMs that read several layers).
 
         Runs the plain backbone (timm `forward_intermediates`; the final norm is an identity, so the last block's
-        entry equals `model(x)`).
+        entry equals `model(x)`), without token merging whatever `set_token_merging` says.
 
         Args:
             x: (B, 3, H, W) images in [0, 1], H and W multiples of `resolution_step`.

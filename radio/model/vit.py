@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from radio.model.cpe import CroppedPosEmbed
+from radio.model.merging import MergingAttention, MergingBlock
+from radio.tome import check_schedule, group_index, merge_schedule
 
 # Registered sizes: width, depth, heads.
 STUDENT_ARCHS: dict[str, tuple[int, int, int]] = {
@@ -46,6 +48,9 @@ class StudentConfig:
         drop_path: stochastic depth rate.
         mean: input normalisation mean (the model takes images in [0, 1]).
         std: input normalisation std.
+        train_merge_r: tokens merged per block while training (ToMe during training; 0 = off). Inference
+            merging is set on the model (`RADIOModel.set_token_merging`, ModelConfig.tome), not here.
+        train_merge_schedule: "constant" or "decreasing" (see radio.tome.merge_schedule).
     """
 
     arch: str = "vit_base"
@@ -61,6 +66,8 @@ class StudentConfig:
     drop_path: float = 0.0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    train_merge_r: int = 0
+    train_merge_schedule: str = "constant"
 
     def resolved(self) -> tuple[int, int, int]:
         """(embed_dim, depth, num_heads) after applying the registered size and overrides."""
@@ -78,6 +85,7 @@ class StudentConfig:
         heads = self.num_heads or base[2]
         if dim % heads:
             raise ValueError(f"student.embed_dim {dim} is not divisible by student.num_heads {heads}")
+        check_schedule(self.train_merge_r, self.train_merge_schedule, "student.train_merge")
         return dim, depth, heads
 
     def num_register_tokens(self, num_summary_tokens: int) -> int:
@@ -89,8 +97,30 @@ class StudentConfig:
         return (m - num_summary_tokens % m) % m
 
 
+class MergedTokens(NamedTuple):
+    """Backbone tokens after in-network token merging.
+
+    tokens: (B, P + N', C), the P prefix tokens first (never merged); size: (B, P + N', 1) how many input
+    tokens each stands for, or None when nothing merged; groups: (B, P + N) long, for every input position the
+    index of the token it ended in.
+    """
+
+    tokens: Tensor
+    size: Optional[Tensor]
+    groups: Tensor
+
+    def unmerge(self) -> Tensor:
+        """(B, P + N, C): every input position takes the value of its group."""
+        c = self.tokens.shape[-1]
+        return self.tokens.gather(1, self.groups[..., None].expand(-1, -1, c))
+
+
 class RADIOStudent(VisionTransformer):
     """timm ViT with CPE, `num_summary_tokens` CLS tokens and registers in the prefix.
+
+    Its blocks are `MergingBlock`s: with a merge schedule (per-block r) they merge tokens (ToMe) after
+    attention; the dense output of `forward_features` is then unmerged back to the full grid. The schedule in
+    use is `train_merge` (from the config) in training mode and `merge_r` (`set_merge_schedule`) in eval mode.
 
     Args:
         cfg: the student's architecture.
@@ -107,12 +137,24 @@ class RADIOStudent(VisionTransformer):
             patch_size=cfg.patch_size, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=cfg.mlp_ratio,
             class_token=False, reg_tokens=num_summary_tokens + num_regs, pos_embed="none", no_embed_class=True,
             dynamic_img_size=True, global_pool="", num_classes=0, final_norm=False,
-            drop_path_rate=cfg.drop_path,
+            drop_path_rate=cfg.drop_path, block_fn=MergingBlock, attn_layer=MergingAttention,
         )
         self.cfg = cfg
         self.num_summary_tokens = num_summary_tokens
         self.num_registers = num_regs
         self.cpe = CroppedPosEmbed(dim, max_grid, drop_prob=cfg.cpe_drop)
+        self.train_merge = tuple(merge_schedule(depth, cfg.train_merge_r, cfg.train_merge_schedule))
+        self.merge_r: tuple[int, ...] = (0,) * depth
+
+    def set_merge_schedule(self, schedule: Sequence[int]) -> None:
+        """Tokens to merge in each block at inference (eval mode); all zeros turns merging off."""
+        schedule = tuple(int(r) for r in schedule)
+        if len(schedule) != len(self.blocks) or min(schedule) < 0:
+            raise ValueError(f"merge schedule needs {len(self.blocks)} values >= 0 (one per block), got {schedule}")
+        self.merge_r = schedule
+
+    def active_merge_schedule(self) -> tuple[int, ...]:
+        return self.train_merge if self.training else self.merge_r
 
     @property
     def patch_size(self) -> int:
@@ -124,6 +166,29 @@ class RADIOStudent(VisionTransformer):
         x = x.reshape(b, h * w, c) + self.cpe(b, h, w).to(x.dtype)
         prefix = self.reg_token.expand(b, -1, -1)
         return self.pos_drop(torch.cat([prefix, x], dim=1))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, P + N, C) tokens on the full grid; with an active merge schedule, merged then unmerged."""
+        schedule = self.active_merge_schedule()
+        if not any(schedule):
+            return super().forward_features(x)
+        return self.forward_merged(x, schedule).unmerge()
+
+    def forward_merged(self, x: Tensor, schedule: Optional[Sequence[int]] = None) -> MergedTokens:
+        """Run the blocks with token merging; `schedule` defaults to the active one. x: (B, 3, H, W)."""
+        schedule = self.active_merge_schedule() if schedule is None else tuple(schedule)
+        if len(schedule) != len(self.blocks):
+            raise ValueError(f"merge schedule needs {len(self.blocks)} values (one per block), got {schedule}")
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        b, n, _ = x.shape
+        groups = torch.arange(n, device=x.device).expand(b, n)
+        size = None
+        for blk, r in zip(self.blocks, schedule):
+            n_in = x.shape[1]
+            x, size, unmerge = blk.forward_merging(x, size, r, self.num_prefix_tokens)
+            if x.shape[1] != n_in:
+                groups = group_index(unmerge, x.shape[1], b, x.device).gather(1, groups)
+        return MergedTokens(self.norm(x), size, groups)
 
     def split_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Split (B, P + N, C) tokens into summary tokens (B, T, C) and patch tokens (B, N, C)."""

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 import teachers as teacher_lib
+from radio.data.cached import check_against_teachers
 from radio.data.health import DataHealth, check_bad_fraction
 from radio.losses import LossConfig, feature_loss, match_grids, summary_cosine_loss, tokens_to_grid
 from radio.model import AdaptorConfig, ModelConfig, RADIOModel, StudentConfig, TeacherHead
@@ -44,7 +45,8 @@ from radio.train.config import (NormalizationConfig, OptimConfig, StabilityConfi
 from radio.train.fidelity import FidelityHistory, FidelityMetric
 from radio.train.guard import NonFiniteLossError, RunGuard
 from radio.train.optim import build_optimizer
-from radio.train.targets import Targets, mosaic_plan, resize_grid, resize_images, teacher_targets
+from radio.train.targets import (Targets, cached_targets, mosaic_plan, resize_grid, resize_images,
+                                 summary_target_loss, teacher_targets)
 
 # Kept importable from here (older code imported it from the module).
 __all__ = ["DistillModule", "NonFiniteLossError", "resize_images"]
@@ -143,6 +145,11 @@ class DistillModule(L.LightningModule):
         schedule = self._schedule()
         if schedule is not None:
             self.check_schedule(schedule)
+        dm = self.trainer.datamodule
+        if getattr(dm, "cache_layout", None) is not None:  # training reads some teachers from a feature cache
+            grid = (dm.resolution // self.patch_size,) * 2
+            check_against_teachers(dm.cache_layout, self._teachers, {e.name: e.spec() for e in self.entries},
+                                   {e.name: e.mosaic for e in self.entries}, grid)
 
     def check_schedule(self, schedule) -> None:
         """Fail if a summary teacher would only ever see mosaics (its summary head would never train)."""
@@ -172,7 +179,9 @@ class DistillModule(L.LightningModule):
     def partition_targets(self, part: dict[str, Any], mosaic: bool = True) -> dict[str, Targets]:
         names = part.get("teachers") or [e.name for e in self.entries]
         grid = self._grid(part["image"])
-        return {n: teacher_targets(self._teachers[n], part["image"], grid, mosaic=mosaic and self.entry[n].mosaic)
+        cached = part.get("cached") or {}  # teachers read from the feature cache do not run
+        return {n: cached_targets(cached[n], self._teachers[n], grid) if n in cached else
+                teacher_targets(self._teachers[n], part["image"], grid, mosaic=mosaic and self.entry[n].mosaic)
                 for n in names}
 
     @torch.no_grad()
@@ -213,11 +222,11 @@ class DistillModule(L.LightningModule):
             f_loss = feature_loss(pfeat, tfeat, self.loss_cfg)
             terms[f"{name}/feature"] = f_loss
             total = total + e.feature_weight * f_loss
-            if pred.summary is not None and tg.summary is not None:
-                s_loss = summary_cosine_loss(pred.summary, tg.summary)
+            s_loss = summary_target_loss(pred.summary, tg)
+            if s_loss is not None:
                 terms[f"{name}/summary"] = s_loss
                 total = total + e.summary_weight * s_loss
-            elif pred.summary is not None:  # mosaic: no summary target; keep the head in the graph (DDP)
+            elif pred.summary is not None:  # mosaic or cached crops: no summary target; keep the head in the graph
                 total = total + 0.0 * pred.summary.sum()
         return total, terms
 

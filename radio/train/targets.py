@@ -3,26 +3,32 @@
 A dynamic-resolution teacher runs at the student's grid times its own patch size, so both grids agree; a
 fixed-size teacher runs at its canvas, either on each image resized to the canvas (grids are matched later by
 interpolation) or, with `mosaic=True` and room for at least two tiles, on a k x k mosaic (radio.mosaic): exact
-grids, k^2 fewer forwards, and no summary target.
+grids, k^2 fewer forwards, and no summary target. A teacher read from the feature cache (radio.data.cached)
+does not run: its batch's cached crops are resized to the grid it would have given online (`cached_targets`).
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from radio.data.cached import CachedTargets
+from radio.losses import summary_cosine_loss
 from radio.mosaic import MosaicPlan, mosaic_features, plan_mosaic
 from teachers.base import Teacher
 
 
 class Targets(NamedTuple):
     """summary: (B, C_s) or None (no summary teacher, or a mosaic); features: (B, C, h, w) raw teacher features;
-    mosaic: whether they came from a mosaic."""
+    mosaic: whether they came from a mosaic; summary_valid: (B,) bool, the samples whose summary target holds
+    (None: all of them)."""
 
     summary: Optional[Tensor]
     features: Tensor
     mosaic: bool
+    summary_valid: Optional[Tensor] = None
 
 
 def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -55,3 +61,33 @@ def teacher_targets(teacher: Teacher, images: Tensor, grid: tuple[int, int], mos
         return Targets(None, feats, True)
     out = teacher(resize_images(images, teacher.resolution_for(grid)))
     return Targets(out.summary, out.features, False)
+
+
+def online_grid(teacher: Teacher, grid: tuple[int, int]) -> tuple[int, int]:
+    """The feature grid `teacher_targets` gets without a mosaic for a student grid: a dynamic teacher's equals
+    the student's; a fixed-size teacher's is its own (floor(input size / patch))."""
+    if teacher.dynamic_resolution:
+        return tuple(grid)
+    return teacher.feature_grid(teacher.input_size, teacher.input_size)
+
+
+def cached_targets(cached: CachedTargets, teacher: Teacher, grid: tuple[int, int]) -> Targets:
+    """Targets from a partition's cached crops: each (C, h_i, w_i) crop resized (`resize_grid`) to the grid the
+    teacher would give online for the student images (`online_grid`), stacked -> (B, C, h, w)."""
+    size = online_grid(teacher, grid)
+    feats = torch.stack([resize_grid(f[None].float(), size)[0] for f in cached.features])
+    summary = cached.summary.float() if cached.summary is not None else None
+    return Targets(summary, feats, False, cached.summary_valid if summary is not None else None)
+
+
+def summary_target_loss(pred: Optional[Tensor], target: Targets) -> Optional[Tensor]:
+    """1 - cos between predicted (B, C_s) and target summaries over the samples whose target holds
+    (`summary_valid`); None when there is no prediction, no target or no such sample."""
+    if pred is None or target.summary is None:
+        return None
+    valid = target.summary_valid
+    if valid is None or bool(valid.all()):
+        return summary_cosine_loss(pred, target.summary)
+    if not bool(valid.any()):
+        return None
+    return summary_cosine_loss(pred[valid], target.summary[valid])

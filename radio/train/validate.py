@@ -7,7 +7,8 @@ and every fidelity resolution is a multiple of the student's patch size and with
 are well formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
 `data.stages` are not mixed, every shard pattern matches files and the shard set is not empty (each shard
 starts with a tar header; at least one holds a member), and the trainer's distributed strategy fits its
-accelerator (FSDP needs GPUs). `teacher_grid_errors` runs once the teachers are built, before any step: every
+accelerator (FSDP needs GPUs), and a `data.cache` holds, for every teacher it reads, a cache
+written for that teacher (meta.json) with a feature shard per training shard. `teacher_grid_errors` runs once the teachers are built, before any step: every
 teacher must reach every student grid it is asked to match. Errors name the field or path.
 """
 from __future__ import annotations
@@ -148,12 +149,33 @@ def teacher_grid_errors(module: Any, datamodule: Any) -> list[str]:
         t = module.teachers[e.name]
         for r in sorted(wanted.get(e.name, ())):
             grid = (r // patch, r // patch)
+            size = t.resolution_for(grid)
             try:
-                t.check_resolution(*t.resolution_for(grid))
+                t.check_resolution(*size)
+                region = t.valid_region(*size)
+                if region.grid_height < 1 or region.grid_width < 1:
+                    raise ValueError(f"its feature grid at {size[0]}x{size[1]} px is {region.grid_height}x"
+                                     f"{region.grid_width} (patch size {t.patch_size})")
             except ValueError as err:
                 errors.append(f"model.teachers[{i}] ({e.name}): cannot produce targets for the {grid[0]}x{grid[1]} "
                               f"student grid at {r} px: {err}")
     return errors
+
+
+def _cache_errors(entries: list[Any], patch: int, data_args: Any, urls: Any) -> list[str]:
+    import dataclasses
+
+    from radio.data.cached import cache_errors, main_resolution
+    from teachers.base import TeacherSpec
+
+    def plain(v: Any) -> Any:
+        return v.as_dict() if hasattr(v, "as_dict") else v
+
+    fields = dataclasses.fields(TeacherSpec)
+    specs = {_get(t, "name"): {f.name: plain(_get(t, f.name, f.default)) for f in fields} for t in entries}
+    mosaic = {_get(t, "name"): bool(_get(t, "mosaic", False)) for t in entries}
+    grid = (main_resolution(data_args) // patch,) * 2
+    return cache_errors(_get(data_args, "cache"), specs, mosaic, grid, urls)
 
 
 def validate_recipe(cfg: Any) -> None:
@@ -216,17 +238,22 @@ def validate_recipe(cfg: Any) -> None:
     if est is not None and est < 1:
         errors.append(f"model.normalization.estimate_steps: must be >= 1, got {est}")
 
+    urls = None
     for key in ("shards", "val_shards"):
         spec = _get(data_args, key)
         if spec is None and key == "val_shards":
             continue
         try:
-            errors += shard_content_errors(resolve_shards(spec, f"data.{key}"), f"data.{key}")
+            found = resolve_shards(spec, f"data.{key}")
+            urls = found if key == "shards" else urls
+            errors += shard_content_errors(found, f"data.{key}")
         except FileNotFoundError as e:
             errors.append(str(e))
     bad = _get(data_args, "max_bad_fraction")
     if bad is not None and not 0 <= bad <= 1:
         errors.append(f"data.max_bad_fraction: must be in [0, 1], got {bad}")
+    if _get(data_args, "cache") is not None:
+        errors += _cache_errors(entries, patch, data_args, urls)
 
     if errors:
         raise ConfigError("invalid recipe:\n  " + "\n  ".join(errors))

@@ -139,7 +139,7 @@ def test_a_teacher_that_cannot_reach_a_grid_is_named(synth_dir):
                            validation={"resolutions": [32, 64]})
     dm = ShardDataModule(str(synth_dir / "train"), resolution=64, batch_size=4)
     assert teacher_grid_errors(module, dm) == []
-    module.teachers["clip"].input_size = 70  # a fixed canvas that is no multiple of the teacher's 16 px patch
+    module.teachers["clip"].input_size = 12  # a fixed canvas smaller than the teacher's 16 px patch: no cell
     errors = teacher_grid_errors(module, dm)
     assert len(errors) == 2 and all(e.startswith("model.teachers[0] (clip): cannot produce targets") for e in errors)
-    assert "4x4 student grid at 64 px" in errors[1] and "not a multiple of its patch size" in errors[1]
+    assert "4x4 student grid at 64 px" in errors[1] and "its feature grid at 12x12 px is 0x0" in errors[1]

@@ -1,0 +1,87 @@
+"""Training step with the teachers online vs read from the feature cache, side by side in one process.
+
+Teachers: open_clip ViT-B-16 (fixed 224 px, 14 x 14 cells) and timm DINOv2 ViT-S/14 (dynamic: 196 px for the
+14 x 14 student grid), both randomly initialised at their real sizes; student: a small ViT (width 192, depth 4, patch 16)
+at 224 px. Generated images (`radio data synth`, 224 px) are cached once with `cache_teachers` (fp16); then one
+datamodule streams batches with online targets and one with cached targets (patch-aligned crops), and training
+steps (batch loading + targets + student forward/backward + AdamW) are timed in alternation. Printed: caching cost
+per image, storage per image per teacher, the median step of each variant and their ratio.
+
+    PYTHONPATH=$PWD python benchmarks/cache_training.py [--images 64] [--batch 8] [--rounds 5] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from radio.data.datamodule import ShardDataModule
+from radio.data.synth import write_synth
+from radio.train.module import DistillModule
+from teachers.cache import cache_teachers
+
+TEACHERS = [
+    {"name": "clip", "model": "ViT-B-16", "pretrained": False, "seed": 1},
+    {"name": "dino_v2", "model": "vit_small_patch14_dinov2", "pretrained": False, "seed": 2,
+     "arch": {"img_size": 224}},
+]
+STUDENT = {"arch": "custom", "embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 16, "max_resolution": 448}
+
+
+def _step(module: DistillModule, opt: torch.optim.Optimizer, batches) -> float:
+    t0 = time.perf_counter()
+    part = next(batches)["partitions"][0]
+    loss, _ = module.partition_losses(part["image"], module.partition_targets(part))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    root = Path(tempfile.mkdtemp(prefix="radio_cache_bench_"))
+    write_synth(root / "data", a.images, val_count=0, size=224, shard_size=a.images, progress=False)
+    shards = str(root / "data" / "train")
+
+    t0 = time.perf_counter()
+    metas = cache_teachers(TEACHERS, shards, root / "cache", (14, 14), batch_size=a.batch, progress=False)
+    cache_s = time.perf_counter() - t0
+    print(f"cache_teachers: {cache_s:.1f} s for {a.images} images ({cache_s / a.images * 1e3:.0f} ms per image, "
+          f"both teachers, threads {a.threads})")
+    for name, meta in metas.items():
+        print(f"  {name:8s} {meta['resolution'][0]} px, features {meta['features_shape']}, "
+              f"{meta['bytes_per_image'] / 1024:.1f} KiB per image ({meta['dtype']})")
+
+    module = DistillModule(STUDENT, TEACHERS)
+    opt = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
+    common = dict(resolution=224, batch_size=a.batch, num_workers=0)
+    loaders = {}
+    for key, cache in (("online", None), ("cached", {"dir": str(root / "cache")})):
+        dm = ShardDataModule(shards, cache=cache, **common)
+        dm.setup("fit")
+        loaders[key] = iter(dm.train_dataloader())
+    for key in loaders:  # warm-up
+        _step(module, opt, loaders[key])
+    times: dict[str, list[float]] = {k: [] for k in loaders}
+    for _ in range(a.rounds):
+        for key in loaders:
+            times[key].append(_step(module, opt, loaders[key]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"training step, teachers {k:6s}: {v * 1e3:8.1f} ms (median of {a.rounds}, batch {a.batch})")
+    print(f"ratio cached / online: {med['cached'] / med['online']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
