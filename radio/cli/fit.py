@@ -2,17 +2,21 @@
 
 Checkpoints are loaded with `weights_only=True` (Lightning's own option, on by default here; LightningCLI also
 reads a checkpoint's hyper-parameters with it): a checkpoint that carries pickled objects beyond tensors and
-plain containers is refused with `UnsafeCheckpointError` and nothing in it runs.
+plain containers is refused with `UnsafeCheckpointError` and nothing in it runs. A recipe that lists no checkpoint
+callback gets `radio.train.callbacks.RadioCheckpoint` (atomic writes, the last K kept, `RUN/checkpoints/last.ckpt`).
 """
 from __future__ import annotations
 
 import pickle
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from radio.data.datamodule import ShardDataModule
+from radio.train.callbacks import RadioCheckpoint
 from radio.train.module import DistillModule
 from radio.train.validate import ConfigError, teacher_grid_errors, validate_recipe
 
@@ -39,6 +43,15 @@ class RadioCLI(LightningCLI):
         if errors:
             raise ConfigError("invalid recipe:\n  " + "\n  ".join(errors))
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """A recipe without a checkpoint callback gets RadioCheckpoint's defaults (atomic, keep-last-K,
+        `<default_root_dir>/checkpoints/last.ckpt` for `--ckpt_path last`) instead of Lightning's plain one."""
+        listed = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_checkpointing", True) is not False and \
+                not any(isinstance(c, ModelCheckpoint) for c in listed):
+            config["callbacks"] = [*(config.get("callbacks") or []), RadioCheckpoint()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _safe_loading(self) -> None:
         kwargs = self.config_init[self.subcommand]
         if "weights_only" in kwargs and kwargs.get("weights_only") is None:
@@ -62,8 +75,9 @@ def run_fit(argv: Optional[Sequence[str]] = None, subcommand: str = "fit") -> Ra
                             parser_kwargs={"prog": "radio"})
         except pickle.UnpicklingError as e:
             raise UnsafeCheckpointError(
-                f"refusing to load the checkpoint {_ckpt_arg(argv)}: it holds pickled objects that only an unrestricted unpickler "
-                "would run, and radio loads checkpoints with weights_only=True (nothing in it was executed). "
+                f"refusing to load the checkpoint {_ckpt_arg(argv)}: it holds pickled objects that only an "
+                "unrestricted unpickler would run, and radio loads checkpoints with weights_only=True (nothing in "
+                "it was executed). "
                 f"Use a checkpoint written by radio fit. Details: {str(e).splitlines()[0]}") from e
 
 

@@ -291,7 +291,7 @@ class DistillModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed this step's randomness from (seed, step, rank): a resumed run draws what the interrupted one did."""
-        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        base = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         rank = self.trainer.global_rank if self._trainer is not None else 0
         seed = np.random.SeedSequence([base, self.global_step, rank, 0x57E9]).generate_state(1, dtype=np.uint32)
         torch.manual_seed(int(seed[0]))

@@ -6,10 +6,10 @@ architecture resolves, every training resolution (single `data.resolution` or ev
 and every fidelity resolution is a multiple of the student's patch size and within its max_resolution, stages
 are well formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
 `data.stages` are not mixed, every shard pattern matches files and the shard set is not empty (each shard
-starts with a tar header; at least one holds a member), and the trainer's distributed strategy fits its
-accelerator (FSDP needs GPUs), and a `data.cache` holds, for every teacher it reads, a cache
-written for that teacher (meta.json) with a feature shard per training shard. `teacher_grid_errors` runs once the teachers are built, before any step: every
-teacher must reach every student grid it is asked to match. Errors name the field or path.
+starts with a tar header; at least one holds a member), the trainer's distributed strategy fits its accelerator
+(FSDP needs GPUs), and a `data.cache` holds, for every teacher it reads, a cache written for that teacher
+(meta.json) with a feature shard per training shard. `teacher_grid_errors` runs once the teachers are built,
+before any step: every teacher must reach every student grid it is asked to match. Errors name the field or path.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 runs, and loud errors for a cache that does not fit."""
 import copy
 import io
+import logging
 import tarfile
 
 import numpy as np
@@ -183,7 +184,7 @@ def test_the_module_refuses_a_cache_of_other_teachers(synth_dir, cached):
     assert "clip/meta.json" in msg and "arch: cache" in msg and "feature_dim: cache 64 != teacher 32" in msg
 
 
-def test_bad_cached_records_skip_their_samples_and_are_counted_with_shard_and_key(tmp_path):
+def test_bad_cached_records_skip_their_samples_and_are_counted_with_shard_and_key(tmp_path, caplog):
     """A key missing from a feature shard, a features array of the wrong shape and a feature shard cut in half:
     over one epoch each affected sample is skipped once and named; every other sample is trained on."""
     write_synth(tmp_path / "data", 24, val_count=0, size=64, shard_size=12, progress=False)
@@ -213,10 +214,14 @@ def test_bad_cached_records_skip_their_samples_and_are_counted_with_shard_and_ke
                          cache={"dir": str(tmp_path / "cache")})
     dm.setup("fit")
     assert [(f.kind, f.shard) for f in dm.health.all()] == [("TruncatedShard", str(shard1))]
-    batches = [b for _, b in zip(range(3), dm.train_dataloader())]  # 24 samples: one epoch
+    with caplog.at_level(logging.WARNING, logger="radio.data"):
+        batches = [dm.on_before_batch_transfer(b, 0) for _, b in zip(range(3), dm.train_dataloader())]  # 1 epoch
+    logged = [r.getMessage() for r in caplog.records if "skipped bad data" in r.getMessage()]
+    assert len(logged) == len(expected) + 1 and sum(f"TruncatedShard shard={shard1}:" in m for m in logged) == 1
+    assert all(sum(f"{kind} shard={shard} key={key}:" in m for m in logged) == 1 for kind, shard, key in expected)
     faults = [f for b in batches for f in b["data"]["faults"]]
     assert {(f["kind"], f["shard"], f["key"]) for f in faults} == expected and len(faults) == len(expected)
-    assert f"features of shape (48, 3, 4), meta.json says (48, 4, 4)" in next(
+    assert "features of shape (48, 3, 4), meta.json says (48, 4, 4)" in next(
         f["message"] for f in faults if f["kind"] == "FeatureError")
     trained = [k for b in batches for k in b["partitions"][0]["key"]]
     assert len(trained) == len(set(trained)) == 24 - len(expected)

@@ -95,3 +95,11 @@ def test_checkpoint_writes_are_atomic_and_stale_temporaries_go(synth_dir, tmp_pa
         run_fit(["--config", str(path), "--ckpt_path", "last", "--trainer.max_steps", "8"])
     assert (root / "checkpoints" / "last.ckpt").read_bytes() == before  # the previous file is intact
     assert load_checkpoint(root / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+
+def test_a_recipe_without_a_checkpoint_callback_gets_radio_checkpoints(synth_dir, tmp_path):
+    recipe = tiny_recipe(str(synth_dir / "train"), None, tmp_path, steps=2)
+    del recipe["trainer"]["callbacks"]
+    cli = run_fit(["--config", str(write_recipe(recipe, tmp_path / "r.yaml"))])
+    assert [type(c) for c in cli.trainer.checkpoint_callbacks] == [RadioCheckpoint]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2

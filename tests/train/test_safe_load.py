@@ -39,7 +39,8 @@ def test_fit_refuses_a_pickle_payload_and_runs_nothing(synth_dir, tmp_path, caps
     arg = str(evil) if how == "path" else "last"  # "last" is found and loaded by the Trainer, a path by the CLI
     assert main(["fit", "--config", str(recipe), "--ckpt_path", arg]) == 2
     err = capsys.readouterr().err
-    assert "refusing to load the checkpoint" in err and "weights_only=True" in err and "nothing in it was executed" in err
+    assert "refusing to load the checkpoint" in err and "weights_only=True" in err
+    assert "nothing in it was executed" in err
     assert not marker.exists()
 
 
