@@ -64,7 +64,8 @@ def main() -> None:
         ShardIndex.build(urls, cache_dir=f"{tmp}/cache", progress=False)
         cached = time.perf_counter() - t0
         n = len(index)
-        print(f"{n} samples in {len(urls)} shards, {members / 1000:.0f} tar members per sample; image {a.size} px")
+        print(f"{n} samples in {len(urls)} shards, {members / index.counts()[0]:.0f} tar members per sample; "
+              f"image {a.size} px")
         print(f"scan: {scan:.3f} s = {scan / n * 1e6:.1f} us/sample; from the scan cache: {cached * 1e3:.1f} ms")
         schedule = Schedule.single(a.size, a.batch)
         stream = StepStream(index, DataOrder(n, schedule, seed=0), PartitionBatcher(schedule, 0.35))
