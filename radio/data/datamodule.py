@@ -138,16 +138,17 @@ class StepStream(IterableDataset):
             for epoch, i in zip(epochs.tolist(), ids.tolist()):
                 reads += 1
                 try:
-                    items.append(self.batcher.transform(self.read(i), cfg, sample_seed(self.order.seed, epoch, i)))
+                    sample = self.read(i, self.batcher.cached_names(cfg))
+                    items.append(self.batcher.transform(sample, cfg, sample_seed(self.order.seed, epoch, i)))
                 except (SampleError, FeatureError) as e:
                     faults.append(fault_from(e, getattr(e, "radio_kind", "SampleError")).to_dict())
             parts.append(self.batcher.partition(items, cfg))
         return {"partitions": parts, "stage": stage, "step": step, "data": {"reads": reads, "faults": faults}}
 
-    def read(self, i: int) -> Sample:
-        """Sample i decoded, with its cached records when training from the feature cache."""
+    def read(self, i: int, cached: list[str]) -> Sample:
+        """Sample i decoded, with its records of the `cached` teachers when training from the feature cache."""
         sample = decode_sample(self.index.read(i))
-        return CachedSample.of(sample, self.features.records(i)) if self.features is not None else sample
+        return CachedSample.of(sample, self.features.records(i, cached)) if cached and self.features is not None else sample
 
 
 class ShardDataModule(L.LightningDataModule):

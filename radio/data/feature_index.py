@@ -66,11 +66,12 @@ class FeatureIndex:
         """Image samples without a record of teacher `name`."""
         return int((self.rows[name] < 0).sum())
 
-    def records(self, i: int) -> dict[str, Any]:
-        """Image sample i's raw cached record per teacher ({"__key__", "__url__", "features.npy", ...}), or
-        MissingFeatures where there is none."""
+    def records(self, i: int, names: Optional[list[str]] = None) -> dict[str, Any]:
+        """Image sample i's raw cached record per teacher of `names` (None: all) ({"__key__", "__url__",
+        "features.npy", ...}), or MissingFeatures where there is none."""
         out: dict[str, Any] = {}
-        for name, idx in self.indexes.items():
+        for name in self.indexes if names is None else names:
+            idx = self.indexes[name]
             row = int(self.rows[name][i])
             if row < 0:
                 out[name] = MissingFeatures(idx.urls[int(self.image_shard[i])], str(self.image_keys[i]))
