@@ -148,7 +148,9 @@ class StepStream(IterableDataset):
     def read(self, i: int, cached: list[str]) -> Sample:
         """Sample i decoded, with its records of the `cached` teachers when training from the feature cache."""
         sample = decode_sample(self.index.read(i))
-        return CachedSample.of(sample, self.features.records(i, cached)) if cached and self.features is not None else sample
+        if not cached or self.features is None:
+            return sample
+        return CachedSample.of(sample, self.features.records(i, cached))
 
 
 class ShardDataModule(L.LightningDataModule):
