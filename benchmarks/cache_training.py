@@ -65,7 +65,7 @@ def main() -> None:
 
     module = DistillModule(STUDENT, TEACHERS)
     opt = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
-    common = dict(resolution=224, batch_size=a.batch, num_workers=0, shuffle_buffer=a.batch)
+    common = dict(resolution=224, batch_size=a.batch, num_workers=0)
     loaders = {}
     for key, cache in (("online", None), ("cached", {"dir": str(root / "cache")})):
         dm = ShardDataModule(shards, cache=cache, **common)

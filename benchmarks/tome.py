@@ -165,8 +165,7 @@ def distill_tiny_student(out: Path, steps: int) -> Path:
                                    "init_args": {"dirpath": str(out / "ckpt"), "save_last": True}}]},
         "model": {"student": TINY_STUDENT, "teachers": TINY_TEACHERS,
                   "optimizer": {"lr": 2e-3, "warmup_steps": 20}},
-        "data": {"shards": str(data / "train"), "resolution": 224, "batch_size": 12, "num_workers": 1,
-                 "shuffle_buffer": 256},
+        "data": {"shards": str(data / "train"), "resolution": 224, "batch_size": 12, "num_workers": 1},
     }
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     cli = run_fit(["--config", str(out / "recipe.yaml")])

@@ -62,16 +62,15 @@ def tiny_recipe(train: str, val: str | None, root: Path, steps: int = 30, **data
             "enable_model_summary": False, "default_root_dir": str(root),
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                        "init_args": {"save_dir": str(root), "name": "logs"}},
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"save_last": True, "every_n_train_steps": steps}}],
+            "callbacks": [{"class_path": "radio.train.callbacks.RadioCheckpoint",
+                           "init_args": {"every_n_train_steps": steps, "keep_last": 2}}],
         },
         "model": {
             "student": dict(TINY_STUDENT),
             "teachers": [copy.deepcopy(TINY_CLIP), copy.deepcopy(TINY_DINO)],
             "optimizer": {"lr": 2e-3, "warmup_steps": 3},
         },
-        "data": {"shards": train, "val_shards": val, "resolution": 64, "batch_size": 16, "num_workers": 0,
-                 "shuffle_buffer": 64, **data},
+        "data": {"shards": train, "val_shards": val, "resolution": 64, "batch_size": 16, "num_workers": 0, **data},
     }
     return recipe
 

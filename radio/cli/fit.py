@@ -1,14 +1,28 @@
-"""`radio fit`: LightningCLI over DistillModule and ShardDataModule, with recipe validation before compute."""
+"""`radio fit`: LightningCLI over DistillModule and ShardDataModule, with recipe validation before compute.
+
+Checkpoints are loaded with `weights_only=True` (Lightning's own option, on by default here; LightningCLI also
+reads a checkpoint's hyper-parameters with it): a checkpoint that carries pickled objects beyond tensors and
+plain containers is refused with `UnsafeCheckpointError` and nothing in it runs. A recipe that lists no checkpoint
+callback gets `radio.train.callbacks.RadioCheckpoint` (atomic writes, the last K kept, `RUN/checkpoints/last.ckpt`).
+"""
 from __future__ import annotations
 
+import pickle
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from radio.data.datamodule import ShardDataModule
+from radio.train.callbacks import RadioCheckpoint
 from radio.train.module import DistillModule
-from radio.train.validate import validate_recipe
+from radio.train.validate import ConfigError, teacher_grid_errors, validate_recipe
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded with weights_only=True (it holds pickled code or objects)."""
 
 
 class RadioCLI(LightningCLI):
@@ -18,11 +32,60 @@ class RadioCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         validate_recipe(cfg)
 
+    def _check_built(self) -> None:
+        """Checks that need the built teachers (before any step): every teacher reaches every grid it is asked
+        for, and a mosaic teacher's summary head gets trained somewhere."""
+        errors = teacher_grid_errors(self.model, self.datamodule)
+        try:
+            self.model.check_schedule(self.datamodule.schedule)
+        except ValueError as e:
+            errors.append(str(e))
+        if errors:
+            raise ConfigError("invalid recipe:\n  " + "\n  ".join(errors))
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """A recipe without a checkpoint callback gets RadioCheckpoint's defaults (atomic, keep-last-K,
+        `<default_root_dir>/checkpoints/last.ckpt` for `--ckpt_path last`) instead of Lightning's plain one."""
+        listed = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_checkpointing", True) is not False and \
+                not any(isinstance(c, ModelCheckpoint) for c in listed):
+            config["callbacks"] = [*(config.get("callbacks") or []), RadioCheckpoint()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _safe_loading(self) -> None:
+        kwargs = self.config_init[self.subcommand]
+        if "weights_only" in kwargs and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True
+
+    def before_fit(self) -> None:
+        self._check_built()
+        self._safe_loading()
+
+    def before_validate(self) -> None:
+        self._safe_loading()
+
 
 def run_fit(argv: Optional[Sequence[str]] = None, subcommand: str = "fit") -> RadioCLI:
     """Run `radio fit` with the given arguments (e.g. ["--config", "recipes/demo.yaml"])."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        return RadioCLI(DistillModule, ShardDataModule, args=[subcommand, *(argv or [])],
-                        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-                        parser_kwargs={"prog": "radio"})
+        try:
+            return RadioCLI(DistillModule, ShardDataModule, args=[subcommand, *(argv or [])],
+                            save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                            parser_kwargs={"prog": "radio"})
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"refusing to load the checkpoint {_ckpt_arg(argv)}: it holds pickled objects that only an "
+                "unrestricted unpickler would run, and radio loads checkpoints with weights_only=True (nothing in "
+                "it was executed). "
+                f"Use a checkpoint written by radio fit. Details: {str(e).splitlines()[0]}") from e
+
+
+def _ckpt_arg(argv: Optional[Sequence[str]]) -> str:
+    args = list(argv or [])
+    for i, a in enumerate(args):
+        if a == "--ckpt_path" and i + 1 < len(args):
+            return repr(args[i + 1])
+        if a.startswith("--ckpt_path="):
+            return repr(a.split("=", 1)[1])
+    return "(from the recipe)"

@@ -166,20 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from radio.data.health import BadDataError
     from radio.export import ExportError
+    from radio.train.guard import NonFiniteLossError
     from radio.train.validate import ConfigError
 
     try:
         if argv and argv[0] == "fit":
-            from radio.cli.fit import run_fit
+            from radio.cli.fit import UnsafeCheckpointError, run_fit
 
-            run_fit(argv[1:])
+            try:
+                run_fit(argv[1:])
+            except UnsafeCheckpointError as e:
+                print(f"radio: error: {e}", file=sys.stderr)
+                return 2
             return 0
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except (ConfigError, ExportError, FileNotFoundError) as e:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2
+    except (BadDataError, NonFiniteLossError) as e:  # the run stopped itself; the message says why and where
+        print(f"radio: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

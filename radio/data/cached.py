@@ -33,10 +33,13 @@ samples whose view is the whole canvas, unflipped; `whole_view` is the probabili
 quarter of the samples train the summary heads by default); the other samples carry no summary target (the loss
 is the mean over the samples that do). `summary: approximate` uses the canvas summary for every crop and flip.
 
-Nothing is filled in: a cache written for another teacher, architecture, patch size, resolution or format, a
-training shard without its feature shard, or a sample key missing from a feature shard is an error naming
-meta.json, the shard and the key. Decoded features stay in the shuffle buffer as fp16 bytes (the cache's
-storage per image, times `shuffle_buffer`, per worker). Validation still runs the teachers online.
+Nothing is filled in. A cache written for another teacher, architecture, patch size, resolution or format, or a
+training shard without its feature shard, is an error naming meta.json or the shard, before any compute. A
+single sample whose cached record is missing (the writer skipped it, or its feature shard is damaged) or
+malformed (an array of the wrong shape, an undecodable member) is bad data: `FeatureError` names the feature
+shard and the key, and the sample is skipped and counted like an undecodable image (radio.data.health).
+Records are read by random access beside their images (radio.data.feature_index). Validation still runs the
+teachers online.
 """
 from __future__ import annotations
 
@@ -44,13 +47,13 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from radio.data.aligned import CropView, GridGeometry, canvas_image, crop_grid, crop_image, draw_view
-from radio.data.shards import Sample, decode_sample
+from radio.data.shards import Sample
 from teachers.base import TeacherOutput
 from teachers.cache import CacheMismatchError, check_cache_for_grid, decode_cached, read_cache_meta
 
@@ -256,81 +259,57 @@ def main_resolution(data: Any) -> int:
 
 
 # -- reading --------------------------------------------------------------------------------------------------
+class FeatureError(CacheMismatchError):
+    """One sample's cached record is missing or malformed. Like an undecodable image it is bad data: the sample
+    is skipped and counted (radio.data.health), named by `radio_url` (the feature shard) and `radio_key`."""
+
+    def __init__(self, msg: str, shard: str, key: str, kind: str = "FeatureError") -> None:
+        super().__init__(msg)
+        self.radio_url, self.radio_key, self.radio_kind = shard, key, kind
+
+
 class MissingFeatures(NamedTuple):
-    """A sample key that a feature shard lacks; an error when the image decodes (never filled in)."""
+    """A sample key that a feature shard lacks (or lost to a fault of that shard); never filled in."""
 
     shard: str
     key: str
-    next_key: Optional[str]
 
-    def error(self) -> CacheMismatchError:
-        nxt = f" (next key there: {self.next_key})" if self.next_key else " (no key left there)"
-        return CacheMismatchError(f"feature shard {self.shard} has no key {self.key}{nxt}; the cache does not "
-                                  f"match the image shards: run `radio cache` again")
-
-
-class CachedShardJoin:
-    """Pipeline stage: shard urls -> raw image samples, each with its teachers' cached samples in `__cache__`.
-
-    Image shard and feature shards are read side by side (same keys in the same order; a feature shard may lack
-    the keys of images the writer could not decode). Image-shard errors go to `handler` (skipped and counted);
-    feature-shard read errors are raised.
-    """
-
-    def __init__(self, layout: CacheLayout, handler) -> None:
-        self.layout = layout
-        self.handler = handler
-
-    def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        import webdataset as wds
-
-        for item in src:
-            url = item["url"]
-            readers = {n: iter(wds.tarfile_samples([{"url": t.feature_shard(url)}]))
-                       for n, t in self.layout.teachers.items()}
-            heads = {n: next(r, None) for n, r in readers.items()}
-            for raw in wds.tarfile_samples([{"url": url}], handler=self.handler):
-                key, cache = raw["__key__"], {}
-                for n, head in heads.items():
-                    if head is not None and head["__key__"] == key:
-                        cache[n] = head
-                        heads[n] = next(readers[n], None)
-                    else:
-                        cache[n] = MissingFeatures(self.layout.teachers[n].feature_shard(url), key,
-                                                   head["__key__"] if head is not None else None)
-                raw["__cache__"] = cache
-                yield raw
+    def error(self) -> FeatureError:
+        return FeatureError(f"feature shard {self.shard} has no key {self.key} (the writer skipped it, or the "
+                            "shard is damaged); the sample is skipped", self.shard, self.key, "MissingFeatures")
 
 
 @dataclass
 class CachedSample(Sample):
-    """A decoded image sample with its teachers' raw cached samples (or MissingFeatures)."""
+    """A decoded image sample with its teachers' raw cached records (or MissingFeatures)."""
 
     cached: dict[str, Any] = field(default_factory=dict)
 
-
-def decode_with_cache(raw: dict[str, Any]) -> CachedSample:
-    """decode_sample (errors name shard and key; the caller skips and counts them), keeping `__cache__`."""
-    s = decode_sample(raw)
-    return CachedSample(**{f.name: getattr(s, f.name) for f in dataclasses.fields(Sample)},
-                        cached=raw.get("__cache__", {}))
+    @classmethod
+    def of(cls, sample: Sample, records: dict[str, Any]) -> "CachedSample":
+        return cls(**{f.name: getattr(sample, f.name) for f in dataclasses.fields(Sample)}, cached=records)
 
 
 def read_features(sample: CachedSample, t: CachedTeacher) -> TeacherOutput:
-    """One sample's cached outputs (summary (C_s,) or None, features (C, h, w)), float32; an absent key, a
-    missing member or a wrong shape is an error naming the feature shard and the key."""
+    """One sample's cached outputs (summary (C_s,) or None, features (C, h, w)), float32. An absent key, an
+    undecodable member or a wrong shape raises FeatureError naming the feature shard and the key."""
     raw = sample.cached.get(t.name)
     if raw is None:
         raise CacheMismatchError(f"sample {sample.key} of {sample.url}: no cached record of teacher {t.name!r}")
     if isinstance(raw, MissingFeatures):
         raise raw.error()
-    out = decode_cached(raw)
-    where = f"feature shard {raw.get('__url__')} key {raw.get('__key__')}"
+    shard, key = str(raw.get("__url__")), str(raw.get("__key__"))
+    where = f"feature shard {shard} key {key}"
+    try:
+        out = decode_cached(raw)
+    except (ValueError, OSError, EOFError) as e:  # CacheMismatchError is a ValueError
+        raise FeatureError(f"{where}: cannot decode the cached arrays ({e})", shard, key) from e
     want = (t.feature_dim, *t.geometry.grid)
     if tuple(out.features.shape) != want:
-        raise CacheMismatchError(f"{where}: features of shape {tuple(out.features.shape)}, meta.json says {want}")
+        raise FeatureError(f"{where}: features of shape {tuple(out.features.shape)}, meta.json says {want}",
+                           shard, key)
     if t.has_summary and out.summary is None:
-        raise CacheMismatchError(f"{where}: no summary.npy member, but teacher {t.name!r} has a summary")
+        raise FeatureError(f"{where}: no summary.npy member, but teacher {t.name!r} has a summary", shard, key)
     return out
 
 
@@ -347,6 +326,16 @@ class CachedTargets(NamedTuple):
     summary_valid: Tensor
 
 
+class CachedItem(NamedTuple):
+    """One sample's aligned view: image (3, r, r), the view, per cached teacher its feature crop (C, h', w') and
+    its canvas summary (C_s,) or None."""
+
+    image: Tensor
+    view: CropView
+    features: dict[str, Tensor]
+    summaries: dict[str, Optional[Tensor]]
+
+
 class CachedViews:
     """The PartitionBatcher's hook: one aligned view per sample, applied to its image and its cached grids."""
 
@@ -358,36 +347,38 @@ class CachedViews:
         """The cached teachers that supervise a partition (its `teachers`, None meaning all)."""
         return [n for n in self.layout.teachers if partition_teachers is None or n in partition_teachers]
 
-    def partition(self, samples: list[Sample], resolution: int, names: list[str],
-                  generator: Optional[torch.Generator] = None) -> dict[str, Any]:
-        """{"image" (B, 3, r, r), "cached": name -> CachedTargets, "crop" (B, 6) int: top, left, height, width
-        (reference cells), flip, whole} for one partition's samples."""
+    def sample(self, s: CachedSample, resolution: int, names: list[str],
+               generator: Optional[torch.Generator] = None) -> CachedItem:
+        """One sample's aligned view, its image at `resolution` and its cached teachers' crops. Raises
+        FeatureError for a missing or malformed cached record (the caller skips the sample)."""
         from torchvision.transforms.v2.functional import to_image
 
         ref = self.layout.ref
+        view = draw_view(ref, self.min_scale, self.layout.whole_view, generator=generator)
+        outs = {n: read_features(s, self.layout.teachers[n]) for n in names}
         scale = max(1, math.ceil(resolution / ref.resolution))
-        views: list[CropView] = []
-        images: list[Tensor] = []
-        feats: dict[str, list[Tensor]] = {n: [] for n in names}
-        summ: dict[str, list[Tensor]] = {n: [] for n in names}
-        for s in samples:
-            view = draw_view(ref, self.min_scale, self.layout.whole_view, generator=generator)
-            views.append(view)
-            images.append(crop_image(canvas_image(to_image(s.image), ref.resolution, scale), view, ref, resolution))
-            for n in names:
-                t = self.layout.teachers[n]
-                out = read_features(s, t)  # type: ignore[arg-type]
-                feats[n].append(crop_grid(out.features, view, ref, t.geometry))
-                if out.summary is not None:
-                    summ[n].append(out.summary)
+        image = crop_image(canvas_image(to_image(s.image), ref.resolution, scale), view, ref, resolution)
+        feats = {n: crop_grid(o.features, view, ref, self.layout.teachers[n].geometry) for n, o in outs.items()}
+        return CachedItem(image, view, feats, {n: o.summary for n, o in outs.items()})
+
+    def stack(self, items: list[CachedItem], names: list[str], resolution: int) -> dict[str, Any]:
+        """{"image" (B, 3, r, r), "cached": name -> CachedTargets, "crop" (B, 6) int: top, left, height, width
+        (reference cells), flip, whole} of one partition's items (B may be 0)."""
+        views = [it.view for it in items]
         if self.layout.summary == "exact":
             valid = torch.tensor([v.whole and not v.flip for v in views], dtype=torch.bool)
         else:
             valid = torch.ones(len(views), dtype=torch.bool)
-        cached = {n: CachedTargets(torch.stack(summ[n]) if self.layout.teachers[n].has_summary else None, feats[n],
-                                   valid) for n in names}
-        crop = torch.tensor([[v.top, v.left, v.height, v.width, int(v.flip), int(v.whole)] for v in views])
-        return {"image": torch.stack(images), "cached": cached, "crop": crop}
+        cached = {}
+        for n in names:
+            summ = [it.summaries[n] for it in items]
+            has = self.layout.teachers[n].has_summary and len(items) > 0
+            cached[n] = CachedTargets(torch.stack(summ) if has else None, [it.features[n] for it in items], valid)
+        crop = torch.tensor([[v.top, v.left, v.height, v.width, int(v.flip), int(v.whole)] for v in views],
+                            dtype=torch.long).reshape(-1, 6)
+        image = (torch.stack([it.image for it in items]) if items
+                 else torch.zeros(0, 3, resolution, resolution))
+        return {"image": image, "cached": cached, "crop": crop}
 
 
 def check_against_teachers(layout: CacheLayout, teachers: dict[str, Any], specs: dict[str, Any],

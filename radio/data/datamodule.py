@@ -1,31 +1,46 @@
-"""LightningDataModule over image shards, with multi-resolution partitions.
+"""LightningDataModule over image shards, with multi-resolution partitions and an exact, resumable data order.
 
-Training streams resampled shards (split across nodes and workers by webdataset), shuffles in a buffer, decodes,
-and forms one batch per partition of the current stage (radio.data.schedule) at every step: each partition's
-images get their own random resized crop + flip at that partition's resolution. Batches are formed inside the
-workers; with W workers the loader hands out worker w's j-th batch as step j W + w (in-order round robin), so
-each worker knows the step, hence the stage, of every batch it makes. Validation reads the validation shards once
-in order at `val_resolution`. Bad samples are skipped and counted (`errors`).
+Training reads samples by random access (radio.data.index) in the epoch order of radio.data.order: each epoch
+is a pseudo-random permutation of every sample, and each step takes the next global batch of it, split across
+ranks, so every sample goes to exactly one rank once per epoch. A step's batch is a pure function of (seed,
+step, rank): loader workers make whole steps (worker w of W makes steps w, w + W, ... in Lightning's in-order
+round robin), each sample's random crop is seeded by (seed, epoch, sample), and a resume restarts at the saved
+step (`state_dict` / `load_state_dict`, which Lightning stores in checkpoints). Validation reads the validation
+shards once in order at `val_resolution`.
 
-With `cache` (radio.data.cached) feature shards are read beside the image shards, and every partition that a
-cached teacher supervises gets one patch-aligned crop + flip per sample, applied to the image and to the cached
-grids; its batch also carries "cached" (teacher -> CachedTargets) and "crop" (B, 6).
+Bad data is skipped and reported, never fatal by itself (radio.data.health): shard faults are found when the
+index is built; sample faults (undecodable image, failed per-sample check) in the worker that reads the sample,
+and they reach the main process inside the batch (`batch["data"]`); the module enforces `max_bad_fraction`.
+
+With `cache` (radio.data.cached) each sample's cached teacher records are read beside it (radio.data.feature_index)
+and every partition that a cached teacher supervises gets one patch-aligned crop + flip per sample (seeded like
+the plain crops), applied to the image and to the cached grids; its batch also carries "cached" (teacher ->
+CachedTargets) and "crop" (B, 6). A missing or malformed record skips its sample like a bad image.
 
 A training batch is {"partitions": [{"image" (B_i, 3, r_i, r_i), "label" (B_i,), "key", "resolution",
-"teachers", "weight"}, ...], "stage": int, "step": int}; a validation batch is {"image", "label", "key"}.
+"teachers", "weight"}, ...], "stage": int, "step": int, "data": {"reads": int, "faults": [fault dicts]}};
+B_i is the partition's batch size less any bad samples. A validation batch is {"image", "label", "key"}.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
-from radio.data.cached import CacheConfig, CachedShardJoin, CachedViews, coerce_config, decode_with_cache, read_layout
-from radio.data.schedule import Schedule, StageConfig
-from radio.data.shards import ErrorCounter, Sample, decode_sample, resolve_shards
+from radio.data.cached import CacheConfig, CachedSample, CachedViews, FeatureError, coerce_config, read_layout
+from radio.data.feature_index import FeatureIndex
+from radio.data.health import BadDataError, DataHealth, Fault, fault_from
+from radio.data.index import ShardIndex
+from radio.data.order import DataOrder, sample_seed
+from radio.data.schedule import PartitionConfig, Schedule, StageConfig
+from radio.data.shards import ErrorCounter, Sample, SampleError, decode_sample, resolve_shards
 from radio.data.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -48,48 +63,94 @@ class _Transform:
 
 
 class PartitionBatcher:
-    """Pipeline stage: decoded samples -> one dict of partition batches per step (see the module docstring).
+    """Per-sample transforms and partition batches: the place where a sample becomes training input.
 
     Args:
         schedule: the stages.
         min_crop_scale: lower bound of the random resized crop's area fraction.
-        start_step: the global step of the first batch (non-zero when resuming).
         cache: the aligned crops of the cached teachers (None: no cache).
     """
 
-    def __init__(self, schedule: Schedule, min_crop_scale: float, start_step: int = 0,
-                 cache: Optional[CachedViews] = None) -> None:
+    def __init__(self, schedule: Schedule, min_crop_scale: float, cache: Optional[CachedViews] = None) -> None:
         self.schedule = schedule
         self.cache = cache
-        self.start_step = start_step
         self.transforms = {r: train_transform(r, min_crop_scale) for r in schedule.resolutions()}
 
-    def __call__(self, samples: Iterator[Sample]) -> Iterator[dict[str, Any]]:
+    def cached_names(self, cfg: PartitionConfig) -> list[str]:
+        """The cached teachers that supervise a partition."""
+        return self.cache.names(cfg.teachers) if self.cache is not None else []
+
+    def transform(self, sample: Sample, cfg: PartitionConfig, seed: int) -> dict[str, Any]:
+        """One sample for one partition; its randomness comes from `seed` only. May raise SampleError or
+        FeatureError (the sample is then skipped and counted)."""
+        names = self.cached_names(cfg)
+        if names:
+            generator = torch.Generator().manual_seed(seed)
+            item = self.cache.sample(sample, cfg.resolution, names, generator)  # type: ignore[union-attr, arg-type]
+            return {"image": item.image, "label": sample.label, "key": sample.key, "item": item}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image = self.transforms[cfg.resolution](sample.image)
+        return {"image": image, "label": sample.label, "key": sample.key}
+
+    def partition(self, items: list[dict[str, Any]], cfg: PartitionConfig) -> dict[str, Any]:
+        """One partition's batch from its transformed samples (possibly fewer than its batch size)."""
+        r = cfg.resolution
+        names = self.cached_names(cfg)
+        extra = self.cache.stack([s["item"] for s in items], names, r) if names else {}  # type: ignore[union-attr]
+        return {
+            **extra,
+            "image": torch.stack([s["image"] for s in items]) if items else torch.zeros(0, 3, r, r),
+            "label": torch.tensor([s["label"] for s in items], dtype=torch.long),
+            "key": [s["key"] for s in items],
+            "resolution": r,
+            "teachers": list(cfg.teachers) if cfg.teachers is not None else None,
+            "weight": float(cfg.weight),
+        }
+
+
+class StepStream(IterableDataset):
+    """The training batches of one rank from `start_step` on (endless); see the module docstring."""
+
+    def __init__(self, index: ShardIndex, order: DataOrder, batcher: PartitionBatcher, start_step: int = 0,
+                 features: Optional[FeatureIndex] = None) -> None:
+        super().__init__()
+        self.index, self.order, self.batcher, self.start_step = index, order, batcher, start_step
+        self.features = features
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         step = self.start_step + worker
-        samples = iter(samples)
         while True:
-            index = self.schedule.stage_index(step)
-            parts = []
-            for p in self.schedule.stages[index].partitions:
-                chunk = [next(samples) for _ in range(p.batch_size)]
-                cached = self.cache.names(p.teachers) if self.cache is not None else []
-                if cached:
-                    part = self.cache.partition(chunk, p.resolution, cached)
-                else:
-                    tf = self.transforms[p.resolution]
-                    part = {"image": torch.stack([tf(s.image) for s in chunk])}
-                parts.append({
-                    **part,
-                    "label": torch.tensor([s.label for s in chunk], dtype=torch.long),
-                    "key": [s.key for s in chunk],
-                    "resolution": p.resolution,
-                    "teachers": list(p.teachers) if p.teachers is not None else None,
-                    "weight": float(p.weight),
-                })
-            yield {"partitions": parts, "stage": index, "step": step}
+            yield self.batch(step)
             step += workers
+
+    def batch(self, step: int) -> dict[str, Any]:
+        stage = self.order.schedule.stage_index(step)
+        cfgs = self.order.schedule.stages[stage].partitions
+        faults: list[dict[str, str]] = []
+        reads = 0
+        parts = []
+        for cfg, positions in zip(cfgs, self.order.positions(step)):
+            epochs, ids = self.order.samples(positions)
+            items = []
+            for epoch, i in zip(epochs.tolist(), ids.tolist()):
+                reads += 1
+                try:
+                    sample = self.read(i, self.batcher.cached_names(cfg))
+                    items.append(self.batcher.transform(sample, cfg, sample_seed(self.order.seed, epoch, i)))
+                except (SampleError, FeatureError) as e:
+                    faults.append(fault_from(e, getattr(e, "radio_kind", "SampleError")).to_dict())
+            parts.append(self.batcher.partition(items, cfg))
+        return {"partitions": parts, "stage": stage, "step": step, "data": {"reads": reads, "faults": faults}}
+
+    def read(self, i: int, cached: list[str]) -> Sample:
+        """Sample i decoded, with its records of the `cached` teachers when training from the feature cache."""
+        sample = decode_sample(self.index.read(i))
+        if not cached or self.features is None:
+            return sample
+        return CachedSample.of(sample, self.features.records(i, cached))
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -105,22 +166,28 @@ class ShardDataModule(L.LightningDataModule):
         val_resolution: validation image side (default: the largest training resolution); the module resizes
             validation images to every resolution it measures fidelity at.
         val_batch_size: validation batch size (default: the first partition's batch size).
-        num_workers: loader worker processes.
-        shuffle_buffer: samples held for shuffling.
+        num_workers: loader worker processes (the batches do not depend on it).
         min_crop_scale: lower bound of the random resized crop's area fraction.
-        seed: seed of the shard resampling (per rank and worker) and of the shuffle buffer: runs are repeatable.
+        seed: seed of the epoch permutations and of every sample's augmentation: runs are repeatable.
+        max_bad_fraction: the run stops (BadDataError) when more than this fraction of the samples read so far
+            were bad, once at least `min_reads_for_bad_fraction` were read; also checked on the shard scan.
+        min_reads_for_bad_fraction: samples read (over all ranks) before the bad fraction is judged.
+        index_cache: directory for per-shard scan results (shared by ranks and runs; ranks split the scanning).
         cache: read these teachers' targets from a feature cache (radio.data.cached.CacheConfig).
     """
 
     def __init__(self, shards: str, val_shards: Optional[str] = None, resolution: Optional[int] = None,
                  batch_size: Optional[int] = None, stages: Optional[list[StageConfig]] = None,
                  val_resolution: Optional[int] = None, val_batch_size: Optional[int] = None, num_workers: int = 2,
-                 shuffle_buffer: int = 1000, min_crop_scale: float = 0.35, seed: int = 0,
+                 min_crop_scale: float = 0.35, seed: int = 0, max_bad_fraction: float = 0.01,
+                 min_reads_for_bad_fraction: int = 1000, index_cache: Optional[str] = None,
                  cache: Optional[CacheConfig] = None) -> None:
         super().__init__()
         if stages and (resolution is not None or batch_size is not None):
             raise ValueError("data: give either data.resolution/data.batch_size (one partition) or data.stages, "
                              "not both")
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"data.max_bad_fraction: must be in [0, 1], got {max_bad_fraction}")
         if stages:
             self.schedule = Schedule(list(stages))
         else:
@@ -133,50 +200,134 @@ class ShardDataModule(L.LightningDataModule):
         self.val_resolution = val_resolution or max(self.schedule.resolutions())
         self.val_batch_size = val_batch_size or self.schedule.stages[0].partitions[0].batch_size
         self.num_workers = num_workers
-        self.shuffle_buffer = shuffle_buffer
         self.min_crop_scale = min_crop_scale
         self.seed = seed
-        self.errors = ErrorCounter()
+        self.max_bad_fraction = max_bad_fraction
+        self.min_reads_for_bad_fraction = min_reads_for_bad_fraction
+        self.index_cache = index_cache
+        self.errors = ErrorCounter()  # validation reads
+        self.health = DataHealth()  # training: distinct bad items seen by this process
         self.cache = coerce_config(cache) if cache is not None else None
         self.cache_layout = None
+        self.index: Optional[ShardIndex] = None
+        self.features: Optional[FeatureIndex] = None
+        self.order: Optional[DataOrder] = None
         self._train_urls: list[str] = []
         self._val_urls: list[str] = []
+        self._resume: dict[str, Any] = {}
+        self._next_step: Optional[int] = None
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def _layout(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
 
     def setup(self, stage: Optional[str] = None) -> None:
         self._train_urls = resolve_shards(self.shards, "data.shards")
-        if self.cache is not None:
+        if self.cache is not None and self.cache_layout is None:
             self.cache_layout = read_layout(self.cache, self._train_urls)
         if self.val_shards:
             self._val_urls = resolve_shards(self.val_shards, "data.val_shards")
+        if stage in (None, "fit") and self.index is None:
+            self.index = self._build_index()
+
+    def _build_index(self) -> ShardIndex:
+        world, rank = self._layout()
+        trainer = getattr(self, "trainer", None)
+        if self.index_cache and world > 1 and trainer is not None:  # ranks scan a share each into the cache
+            ShardIndex.build(self._train_urls[rank::world], self.index_cache, progress=rank == 0)
+            trainer.strategy.barrier("radio-index")
+        index = ShardIndex.build(self._train_urls, self.index_cache, progress=rank == 0)
+        faults = list(index.faults)
+        if self.cache_layout is not None:
+            self.features = FeatureIndex(self.cache_layout, index, self.index_cache, progress=rank == 0)
+            faults += self.features.faults
+        if rank == 0:
+            self.health.log_new(faults)
+        else:
+            self.health.record(faults)
+        if len(index) == 0:
+            raise BadDataError(f"data.shards: the {len(self._train_urls)} shard(s) of {self.shards!r} hold no "
+                               f"usable sample; {self.health.summary()}")
+        lost = sum(1 for f in index.faults if f.key)  # sample-level faults; shard faults hide an unknown number
+        if lost > self.max_bad_fraction * (len(index) + lost):
+            raise BadDataError(f"data.shards: {lost} of {len(index) + lost} samples are unusable, more than "
+                               f"data.max_bad_fraction = {self.max_bad_fraction:g}; {self.health.summary()}")
+        return index
+
+    # -- training --------------------------------------------------------------------------------------------
+    def make_order(self) -> DataOrder:
+        """The data order of this rank, positioned for a resume if a data state was loaded."""
+        if self.index is None:
+            self.setup("fit")
+        world, rank = self._layout()
+        order = DataOrder(len(self.index), self.schedule, self.seed, world, rank)
+        state = self._resume
+        if state:
+            if state.get("index_digest") != self.index.digest() or state.get("seed") != self.seed:
+                log.warning("resuming with a different shard set or data seed than the checkpoint's: the data "
+                            "order from here on differs from the interrupted run's")
+            else:
+                order = order.with_offset_for(int(state["next_step"]), int(state["next_position"]))
+        return order
 
     def _start_step(self) -> int:
+        if self._next_step is not None:  # a loaded data state, or batches already consumed
+            return self._next_step
         trainer = getattr(self, "trainer", None)
         return int(trainer.global_step) if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
-        import webdataset as wds
+        if self.order is None:
+            self.order = self.make_order()
+        start = self._start_step()
+        self._next_step = start
+        views = CachedViews(self.cache_layout, self.min_crop_scale) if self.cache_layout is not None else None
+        stream = StepStream(self.index, self.order, PartitionBatcher(self.schedule, self.min_crop_scale, views),
+                            start, self.features)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
-        if not self._train_urls:
-            self.setup("fit")
-        layout = self.cache_layout
-        ds = wds.DataPipeline(
-            wds.ResampledShards(self._train_urls, seed=self.seed, deterministic=True),
-            CachedShardJoin(layout, self.errors) if layout else wds.tarfile_to_samples(handler=self.errors),
-            wds.detshuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed),
-            wds.map(decode_with_cache if layout else decode_sample, handler=self.errors),
-            PartitionBatcher(self.schedule, self.min_crop_scale, self._start_step(),
-                             cache=CachedViews(layout, self.min_crop_scale) if layout else None),
-        )
-        return DataLoader(ds, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Called by Lightning just before a batch is used: the data position and the faults it carries."""
+        if isinstance(batch, dict) and "data" in batch and "step" in batch:
+            self._next_step = int(batch["step"]) + 1
+            self.health.log_new(batch["data"]["faults"])
+        return batch
 
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the data stream stands (plain types; stored in checkpoints by Lightning)."""
+        if self.index is None or self.order is None or self._next_step is None:
+            return {}
+        health = DataHealth()
+        for state in _all_gather_objects(self.health.state_dict()):
+            health.merge(DataHealth.from_state(state))
+        return {"version": STATE_VERSION, "seed": self.seed, "next_step": self._next_step,
+                "next_position": self.order.step_start(self._next_step), "num_samples": len(self.index),
+                "index_digest": self.index.digest(), "health": health.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if state_dict.get("version") != STATE_VERSION:
+            raise ValueError(f"data state version {state_dict.get('version')} in the checkpoint; this radio "
+                             f"reads version {STATE_VERSION}")
+        self._resume = dict(state_dict)
+        self._next_step = int(state_dict["next_step"])
+        self.order = None
+        self.health = DataHealth.from_state(state_dict.get("health"))
+
+    # -- validation ------------------------------------------------------------------------------------------
     def val_dataloader(self) -> DataLoader | list:
         import webdataset as wds
 
         if not self.val_shards:
             return []
         if not self._val_urls:
-            self.setup("validate")
+            self._val_urls = resolve_shards(self.val_shards, "data.val_shards")
         workers = min(self.num_workers, len(self._val_urls))
         ds = wds.DataPipeline(
             wds.SimpleShardList(self._val_urls),
@@ -186,3 +337,17 @@ class ShardDataModule(L.LightningDataModule):
         )
         return DataLoader(ds, batch_size=self.val_batch_size, num_workers=workers, collate_fn=collate,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)
+
+
+def _all_gather_objects(obj: Any) -> list[Any]:
+    """[obj of every rank] (just [obj] outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+__all__ = ["ShardDataModule", "PartitionBatcher", "StepStream", "collate", "Fault", "BadDataError"]

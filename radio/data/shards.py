@@ -112,6 +112,7 @@ class SampleError(ValueError):
 
     def __init__(self, msg: str, url: str | None, key: str | None) -> None:
         super().__init__(msg)
+        self.radio_url, self.radio_key = url, key
         self.radio_where = f"shard={url} key={key}"
 
 

@@ -67,6 +67,19 @@ class NormalizationConfig:
 
 
 @dataclass
+class StabilityConfig:
+    """What a run does when the loss goes non-finite.
+
+    Args:
+        max_nonfinite_steps: a step whose loss is non-finite on any rank is skipped (no parameter update); after
+            this many such steps in a row the run saves a checkpoint and stops, naming the teacher and partition
+            terms that went non-finite.
+    """
+
+    max_nonfinite_steps: int = 5
+
+
+@dataclass
 class ValidationConfig:
     """Fidelity validation (mode switching).
 

@@ -8,31 +8,49 @@ with the normalized targets after grid matching; per-teacher and per-partition w
 one optimizer step. Validation measures fidelity and cos-error per teacher at several resolutions
 (radio.train.fidelity) and writes fidelity.json / fidelity.png beside the logs.
 
+Long runs (radio.train.guard): every step's randomness (the student's position-embedding crops) is seeded from
+(seed, step, rank), so a resumed run repeats the interrupted one; a step whose loss is non-finite on any rank
+is skipped everywhere, and too many in a row save a checkpoint and stop the run; the data loader's bad-sample
+counts are summed over ranks, logged (`data/*`) and held against `data.max_bad_fraction`; `health.json` beside
+the logs reports them at the end. Checkpoints carry the normalizers' statistics merged over ranks, so a resume
+(on any number of ranks) continues their estimation exactly.
+
 References: AM-RADIO (Ranzinger et al., CVPR 2024); PHI-S (Ranzinger et al., 2024); RADIOv2.5 (Heinrich et al.,
 2024).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 import teachers as teacher_lib
 from radio.data.cached import check_against_teachers
+from radio.data.health import DataHealth, check_bad_fraction
 from radio.losses import LossConfig, feature_loss, match_grids, summary_cosine_loss, tokens_to_grid
 from radio.model import AdaptorConfig, ModelConfig, RADIOModel, StudentConfig, TeacherHead
-from radio.train.config import NormalizationConfig, OptimConfig, TeacherEntry, ValidationConfig, coerce, to_plain
+from radio.normalize import AffineNormalizer, all_reduce_moments
+from radio.train.config import (NormalizationConfig, OptimConfig, StabilityConfig, TeacherEntry, ValidationConfig,
+                                coerce, to_plain)
 from radio.train.fidelity import FidelityHistory, FidelityMetric
+from radio.train.guard import NonFiniteLossError, RunGuard
 from radio.train.optim import build_optimizer
 from radio.train.targets import (Targets, cached_targets, mosaic_plan, resize_grid, resize_images,
                                  summary_target_loss, teacher_targets)
 
 # Kept importable from here (older code imported it from the module).
-__all__ = ["DistillModule", "resize_images"]
+__all__ = ["DistillModule", "NonFiniteLossError", "resize_images"]
+HEALTH_NAME = "health.json"
 
 
 def _is_refit_step(step: int) -> bool:
@@ -52,12 +70,14 @@ class DistillModule(L.LightningModule):
         adaptor: adaptor MLP shape.
         normalization: how long the normalizers estimate their statistics.
         validation: the resolutions at which fidelity is measured.
+        stability: what happens when the loss goes non-finite.
     """
 
     def __init__(self, student: StudentConfig, teachers: list[TeacherEntry], loss: LossConfig = LossConfig(),
                  optimizer: OptimConfig = OptimConfig(), adaptor: AdaptorConfig = AdaptorConfig(),
                  normalization: NormalizationConfig = NormalizationConfig(),
-                 validation: ValidationConfig = ValidationConfig()) -> None:
+                 validation: ValidationConfig = ValidationConfig(),
+                 stability: StabilityConfig = StabilityConfig()) -> None:
         super().__init__()
         student = coerce(StudentConfig, student, "model.student")
         entries = [coerce(TeacherEntry, t, f"model.teachers[{i}]") for i, t in enumerate(teachers)]
@@ -71,6 +91,10 @@ class DistillModule(L.LightningModule):
         self.optim_cfg = coerce(OptimConfig, optimizer, "model.optimizer")
         self.norm_cfg = coerce(NormalizationConfig, normalization, "model.normalization")
         self.val_cfg = coerce(ValidationConfig, validation, "model.validation")
+        self.stability_cfg = coerce(StabilityConfig, stability, "model.stability")
+        if self.stability_cfg.max_nonfinite_steps < 1:
+            raise ValueError("model.stability.max_nonfinite_steps: must be >= 1, got "
+                             f"{self.stability_cfg.max_nonfinite_steps}")
         if self.norm_cfg.estimate_steps < 1:
             raise ValueError(f"model.normalization.estimate_steps: must be >= 1, got {self.norm_cfg.estimate_steps}")
         adaptor = coerce(AdaptorConfig, adaptor, "model.adaptor")
@@ -80,16 +104,23 @@ class DistillModule(L.LightningModule):
         self.save_hyperparameters({"student": to_plain(student), "teachers": to_plain(entries),
                                    "loss": to_plain(self.loss_cfg), "optimizer": to_plain(self.optim_cfg),
                                    "adaptor": to_plain(adaptor), "normalization": to_plain(self.norm_cfg),
-                                   "validation": to_plain(self.val_cfg)})
+                                   "validation": to_plain(self.val_cfg),
+                                   "stability": to_plain(self.stability_cfg)})
         # Teachers are deliberately not submodules: never in the optimizer, the state dict or checkpoints.
         self._teachers = {e.name: teacher_lib.build(e.spec()) for e in entries}
         heads = [TeacherHead(e.name, t.summary_dim or None, t.feature_dim, t.patch_size, e.normalizer)
                  for e, t in zip(entries, self._teachers.values())]
         self.model = RADIOModel(ModelConfig(student=student, teachers=heads, adaptor=adaptor))
+        # Normalizer statistics are rank-local until merged (radio.normalize): DDP must not broadcast rank 0's
+        # buffers over them at every forward.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [f"model.normalizers.{n}" for n, _ in self.model.normalizers.named_buffers()])
         self.fidelity_history = FidelityHistory()
         self._metrics: dict[tuple[str, int], FidelityMetric] = {}
         self._val_resolutions: list[int] = []
         self._skip_validation = False
+        self.guard = RunGuard(self.stability_cfg.max_nonfinite_steps)
+        self._skip_update = False
 
     # -- teachers --------------------------------------------------------------------------------------------
     @property
@@ -154,13 +185,18 @@ class DistillModule(L.LightningModule):
                 for n in names}
 
     @torch.no_grad()
-    def observe_targets(self, targets: list[dict[str, Targets]], step: int) -> None:
-        """Stream this step's raw teacher features into the normalizers still estimating; fit or freeze them."""
+    def observe_targets(self, targets: list[dict[str, Targets]], step: int,
+                        supervised: Optional[set[str]] = None) -> None:
+        """Stream this step's raw teacher features into the normalizers still estimating; fit or freeze them.
+
+        `supervised`: the teachers of this step's partitions on every rank (fitting all-reduces, so a rank whose
+        partitions came out empty still takes part); None means those with targets here.
+        """
         for name, norm in self.model.normalizers.items():
             if not norm.needs_statistics:
                 continue
             feats = [t[name].features for t in targets if name in t]
-            if not feats:
+            if not feats and (supervised is None or name not in supervised):
                 continue
             for f in feats:
                 norm.update(f.permute(0, 2, 3, 1))
@@ -200,24 +236,125 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._teachers_to_device()
-        parts = self._partitions(batch)
+        all_parts = self._partitions(batch)
+        parts = [p for p in all_parts if p["image"].shape[0] > 0]  # every sample of a partition may be bad
         targets = [self.partition_targets(p) for p in parts]
-        self.observe_targets(targets, self.global_step)
-        total = parts[0]["image"].new_zeros(())
+        supervised = {n for p in all_parts for n in (p.get("teachers") or self.entry)}
+        self.observe_targets(targets, self.global_step, supervised)
+        total = self._touch_parameters() if len(parts) < len(all_parts) else None  # DDP: every parameter used
         per_term: dict[str, list[Tensor]] = {}
+        named: dict[str, Tensor] = {}
         for p, tg in zip(parts, targets):
             loss, terms = self.partition_losses(p["image"], tg)
-            total = total + p["weight"] * loss
+            total = p["weight"] * loss if total is None else total + p["weight"] * loss
             bs, r = p["image"].shape[0], p["image"].shape[-1]
             self.log_dict({f"train/{k}@{r}": v for k, v in terms.items()}, batch_size=bs)
             for k, v in terms.items():
                 per_term.setdefault(k, []).append(v.detach())
+                named[f"{k}@{r}"] = v
+        if total is None:
+            total = self._touch_parameters()
         # "train/{teacher}/{feature,summary}": the mean over this step's partitions that carry the term
         self.log_dict({f"train/{k}": torch.stack(v).mean() for k, v in per_term.items()}, batch_size=1)
-        self.log("train/loss", total, prog_bar=True, batch_size=parts[0]["image"].shape[0])
+        self._guard_step(batch, total, named)
         if "stage" in batch:
             self.log("train/stage", float(batch["stage"]), batch_size=1)
+        if self._skip_update:  # a gradient-free stand-in keeps every rank's backward and DDP in step
+            return self._touch_parameters()
         return total
+
+    def _touch_parameters(self) -> Tensor:
+        """A zero loss that reaches every trainable parameter (zero gradients)."""
+        return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad),
+                   torch.zeros((), device=self.device))
+
+    def _guard_step(self, batch: dict[str, Any], total: Tensor, terms: dict[str, Tensor]) -> None:
+        """Global non-finite decision, data counts and bad-fraction check for this step (radio.train.guard)."""
+        data = batch.get("data") or {}
+        reads, bad = int(data.get("reads", 0)), len(data.get("faults", ()))
+        reduce = ((lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if self._trainer is not None
+                  else (lambda t: t))
+        verdict = self.guard.observe(self.global_step, total, terms, reads, bad, reduce)
+        self._skip_update = verdict.skip
+        if not verdict.skip:
+            self.log("train/loss", verdict.loss, prog_bar=True, batch_size=1)
+        self.log_dict({"train/skipped_steps": float(self.guard.skipped), "data/samples_read": float(self.guard.reads),
+                       "data/bad_samples": float(self.guard.bad)}, batch_size=1)
+        dm = self._datamodule()
+        if dm is not None and hasattr(dm, "max_bad_fraction"):
+            try:
+                check_bad_fraction(self.guard.reads, self.guard.bad, dm.max_bad_fraction,
+                                   dm.min_reads_for_bad_fraction, dm.health)
+            except Exception:
+                self.write_health_report()
+                raise
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed this step's randomness from (seed, step, rank): a resumed run draws what the interrupted one did."""
+        base = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        seed = np.random.SeedSequence([base, self.global_step, rank, 0x57E9]).generate_state(1, dtype=np.uint32)
+        torch.manual_seed(int(seed[0]))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A skipped step: drop the gradients, so the optimizer changes nothing (no moments, no weight decay)."""
+        if self._skip_update:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.guard.must_stop:
+            return
+        from radio.train.callbacks import RadioCheckpoint, atomic_save_checkpoint
+
+        cb = next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, RadioCheckpoint)), None)
+        if cb is not None:
+            path = cb.save_now(self.trainer)
+        else:
+            path = os.path.join(self.trainer.default_root_dir, f"nonfinite-step={self.global_step}.ckpt")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_save_checkpoint(self.trainer, path)
+        message = self.guard.stop_message(self.global_step - 1, path)
+        self.write_health_report(stopped=message)
+        raise NonFiniteLossError(message)
+
+    # -- run health ------------------------------------------------------------------------------------------
+    def _datamodule(self):
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
+    def health_report(self, stopped: Optional[str] = None) -> dict[str, Any]:
+        """The run's data faults (merged over ranks) and skipped steps; call on every rank (a collective)."""
+        from radio.data.datamodule import _all_gather_objects
+
+        dm = self._datamodule()
+        health = DataHealth()
+        local = dm.health.state_dict() if dm is not None and hasattr(dm, "health") else {}
+        for state in _all_gather_objects(local):
+            health.merge(DataHealth.from_state(state))
+        g = self.guard
+        return {"steps": int(self.global_step), "samples_read": g.reads, "bad_reads": g.bad,
+                "bad_fraction": g.bad / g.reads if g.reads else 0.0, "distinct_faults": health.total,
+                "faults_by_kind": health.by_kind(), "faults": [f.to_dict() for f in health.all()[:1000]],
+                "skipped_steps": g.skipped, "stopped": stopped}
+
+    def write_health_report(self, stopped: Optional[str] = None) -> Optional[Path]:
+        """Write `health.json` beside the logs (rank 0) and print a one-line summary."""
+        report = self.health_report(stopped)
+        log_dir = self.trainer.log_dir if self._trainer is not None else None
+        if not (log_dir and self.trainer.is_global_zero):
+            return None
+        path = Path(log_dir) / HEALTH_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        kinds = ", ".join(f"{k}: {n}" for k, n in report["faults_by_kind"].items()) or "none"
+        rank_zero_info(f"run health: {report['bad_reads']} bad of {report['samples_read']} samples read; "
+                       f"{report['distinct_faults']} distinct bad items ({kinds}); {report['skipped_steps']} "
+                       f"non-finite steps skipped -> {path}")
+        return path
+
+    def on_train_end(self) -> None:
+        self.write_health_report()
 
     # -- validation ------------------------------------------------------------------------------------------
     def _primary_resolution(self, fallback: int) -> int:
@@ -312,3 +449,34 @@ class DistillModule(L.LightningModule):
         checkpoint["radio_model_config"] = self.model.config.to_dict()
         checkpoint["radio_teacher_specs"] = to_plain([e.spec() for e in self.entries])
         checkpoint["radio_fidelity_history"] = self.fidelity_history.records
+        checkpoint["radio_guard"] = self.guard.state_dict()
+        self._store_global_statistics(checkpoint["state_dict"])
+
+    def _store_global_statistics(self, state: dict[str, Tensor]) -> None:
+        """Put the normalizers' running statistics merged over ranks into the checkpoint (every rank calls this:
+        checkpoints are dumped on all ranks). Frozen ones already hold the global statistics."""
+        for name, norm in self.model.normalizers.items():
+            if not isinstance(norm, AffineNormalizer) or bool(norm.frozen):
+                continue
+            m = all_reduce_moments(norm.moments())
+            prefix = f"model.normalizers.{name}."
+            for key, value in (("count", m.n), ("running_mean", m.mean), ("running_m2", m.m2)):
+                if prefix + key in state:
+                    state[prefix + key] = value.detach().clone().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.fidelity_history.records = list(checkpoint.get("radio_fidelity_history", []))
+        self.guard.load_state_dict(checkpoint.get("radio_guard", {}))
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        if rank == 0:
+            return
+        # The checkpoint holds the global statistics; rank 0 carries them on, the others restart from zero, so
+        # the next all-reduce counts every sample once.
+        state = checkpoint.get("state_dict", {})
+        for name, norm in self.model.normalizers.items():
+            prefix = f"model.normalizers.{name}."
+            frozen = state.get(prefix + "frozen")
+            if not isinstance(norm, AffineNormalizer) or frozen is None or bool(frozen):
+                continue
+            for key in ("count", "running_mean", "running_m2"):
+                state[prefix + key] = torch.zeros_like(state[prefix + key])

@@ -1,16 +1,22 @@
 """Recipe validation that runs before anything is built or computed.
 
-Checks: teacher names are registered and unique, normalizer names are registered, the student architecture
-resolves, every training resolution (single `data.resolution` or every partition of `data.stages`) and every
-fidelity resolution is a multiple of the student's patch size and within its max_resolution, stages are well
-formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
-`data.stages` are not mixed, every shard pattern matches files, and a `data.cache` holds, for every teacher it
-reads, a cache written for that teacher (meta.json) with a feature shard per training shard. Errors name the
-field or path.
+Checks: no unknown keys (LightningCLI's parser rejects them in typed sections; plain YAML read by other commands
+is checked here), teacher names are registered and unique, normalizer names are registered, the student
+architecture resolves, every training resolution (single `data.resolution` or every partition of `data.stages`)
+and every fidelity resolution is a multiple of the student's patch size and within its max_resolution, stages
+are well formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
+`data.stages` are not mixed, every shard pattern matches files and the shard set is not empty (each shard
+starts with a tar header; at least one holds a member), the trainer's distributed strategy fits its accelerator
+(FSDP needs GPUs), and a `data.cache` holds, for every teacher it reads, a cache written for that teacher
+(meta.json) with a feature shard per training shard. `teacher_grid_errors` runs once the teachers are built,
+before any step: every teacher must reach every student grid it is asked to match. Errors name the field or path.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import inspect
+import os
+import tarfile
+from typing import Any, Iterable, Mapping
 
 
 class ConfigError(ValueError):
@@ -34,6 +40,126 @@ def _resolution_errors(field: str, res: Any, patch: int, max_res: int) -> list[s
     if max_res and res > max_res:
         return [f"{field}: {res} exceeds model.student.max_resolution {max_res}"]
     return []
+
+
+TOP_LEVEL_KEYS = {"seed_everything", "trainer", "model", "data", "ckpt_path", "weights_only", "optimizer",
+                  "lr_scheduler", "config", "subcommand"}
+
+
+def _unknown(where: str, obj: Any, allowed: Iterable[str]) -> list[str]:
+    if not isinstance(obj, Mapping):
+        return []  # parsed by LightningCLI's typed parser, which rejects unknown keys itself
+    extra = sorted(set(obj) - set(allowed) - {"__path__"})
+    return [f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}"] if extra else []
+
+
+def _params(cls: type) -> set[str]:
+    return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
+
+
+def unknown_key_errors(cfg: Any) -> list[str]:
+    """Unknown keys in a plain-dict recipe (top level, model, data, each teacher, the student, stages)."""
+    from radio.data.datamodule import ShardDataModule
+    from radio.data.schedule import PartitionConfig
+    from radio.model.vit import StudentConfig
+    from radio.train.config import TeacherEntry
+    from radio.train.module import DistillModule
+
+    errors = _unknown("recipe", cfg, TOP_LEVEL_KEYS)
+    model, data = _get(cfg, "model"), _get(cfg, "data")
+    model_args, data_args = _get(model, "init_args", model), _get(data, "init_args", data)
+    if not (isinstance(model, Mapping) and "class_path" in model):
+        errors += _unknown("model", model_args, _params(DistillModule))
+    if not (isinstance(data, Mapping) and "class_path" in data):
+        errors += _unknown("data", data_args, _params(ShardDataModule))
+    errors += _unknown("model.student", _get(model_args, "student"), StudentConfig.__dataclass_fields__)
+    for i, t in enumerate(_get(model_args, "teachers") or []):
+        errors += _unknown(f"model.teachers[{i}]", t, TeacherEntry.__dataclass_fields__)
+    for i, st in enumerate(_get(data_args, "stages") or []):
+        errors += _unknown(f"data.stages[{i}]", st, {"partitions", "steps"})
+        for j, p in enumerate(_get(st, "partitions") or []):
+            errors += _unknown(f"data.stages[{i}].partitions[{j}]", p, PartitionConfig.__dataclass_fields__)
+    return errors
+
+
+def strategy_errors(trainer: Any) -> list[str]:
+    """The distributed strategy exists and fits the accelerator; devices and nodes are sane."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if trainer is None:
+        return []
+    errors: list[str] = []
+    strategy = _get(trainer, "strategy", "auto")
+    accelerator = str(_get(trainer, "accelerator", "auto") or "auto")
+    if isinstance(strategy, str):
+        name = strategy
+        if name != "auto" and name not in StrategyRegistry.available_strategies():
+            errors.append(f"trainer.strategy: unknown strategy {name!r}; e.g. auto, ddp, fsdp (all: "
+                          f"{', '.join(StrategyRegistry.available_strategies())})")
+    else:
+        name = str(_get(strategy, "class_path", type(strategy).__name__)).rsplit(".", 1)[-1].lower()
+    if "fsdp" in name.lower() and accelerator == "cpu":
+        errors.append(f"trainer.strategy: {name} (FSDP) needs GPUs: Lightning runs FSDP only with accelerator "
+                      "gpu/cuda; use strategy ddp on the CPU")
+    nodes = _get(trainer, "num_nodes", 1)
+    if nodes is not None and (not isinstance(nodes, int) or nodes < 1):
+        errors.append(f"trainer.num_nodes: must be a positive integer, got {nodes!r}")
+    devices = _get(trainer, "devices", "auto")
+    if isinstance(devices, int) and (devices == 0 or devices < -1):
+        errors.append(f"trainer.devices: must be a positive count, -1, a list or 'auto', got {devices}")
+    return errors
+
+
+def shard_content_errors(urls: list[str], what: str) -> list[str]:
+    """Shards that are empty or do not start with a tar header; all of them being so is an empty shard set.
+    One header read per shard (the full scan, with exact fault counts, happens when the data is set up)."""
+    bad = []
+    for u in urls:
+        try:
+            if os.path.getsize(u) == 0:
+                bad.append(f"{u} (empty file)")
+                continue
+            with tarfile.open(u, mode="r:") as tf:
+                if tf.next() is None:
+                    bad.append(f"{u} (a tar without members)")
+        except (tarfile.TarError, OSError) as e:
+            bad.append(f"{u} (not a tar file: {e})")
+    if bad and len(bad) == len(urls):
+        return [f"{what}: the shard set is empty: none of its {len(urls)} shard(s) holds a sample: "
+                + "; ".join(bad[:5])]
+    return []
+
+
+def teacher_grid_errors(module: Any, datamodule: Any) -> list[str]:
+    """Each built teacher must run at the input its grid needs for every partition it supervises and every
+    fidelity resolution (e.g. a fixed input size that is not a multiple of its patch size cannot)."""
+    schedule = getattr(datamodule, "schedule", None)
+    if schedule is None:
+        return []
+    patch = module.patch_size
+    wanted: dict[str, set[int]] = {}
+    for i, st in enumerate(schedule.stages):
+        for p in st.partitions:
+            for n in p.teachers or [e.name for e in module.entries]:
+                wanted.setdefault(n, set()).add(p.resolution)
+    for n in wanted:
+        wanted[n] |= set(module.val_cfg.resolutions or [])
+    errors = []
+    for i, e in enumerate(module.entries):
+        t = module.teachers[e.name]
+        for r in sorted(wanted.get(e.name, ())):
+            grid = (r // patch, r // patch)
+            size = t.resolution_for(grid)
+            try:
+                t.check_resolution(*size)
+                region = t.valid_region(*size)
+                if region.grid_height < 1 or region.grid_width < 1:
+                    raise ValueError(f"its feature grid at {size[0]}x{size[1]} px is {region.grid_height}x"
+                                     f"{region.grid_width} (patch size {t.patch_size})")
+            except ValueError as err:
+                errors.append(f"model.teachers[{i}] ({e.name}): cannot produce targets for the {grid[0]}x{grid[1]} "
+                              f"student grid at {r} px: {err}")
+    return errors
 
 
 def _cache_errors(entries: list[Any], patch: int, data_args: Any, urls: Any) -> list[str]:
@@ -63,7 +189,8 @@ def validate_recipe(cfg: Any) -> None:
     model, data = _get(cfg, "model"), _get(cfg, "data")
     model_args = _get(model, "init_args", model)
     data_args = _get(data, "init_args", data)
-    errors: list[str] = []
+    errors: list[str] = unknown_key_errors(cfg)
+    errors += strategy_errors(_get(cfg, "trainer"))
 
     valid = teacher_lib.available()
     entries = _get(model_args, "teachers") or []
@@ -119,8 +246,12 @@ def validate_recipe(cfg: Any) -> None:
         try:
             found = resolve_shards(spec, f"data.{key}")
             urls = found if key == "shards" else urls
+            errors += shard_content_errors(found, f"data.{key}")
         except FileNotFoundError as e:
             errors.append(str(e))
+    bad = _get(data_args, "max_bad_fraction")
+    if bad is not None and not 0 <= bad <= 1:
+        errors.append(f"data.max_bad_fraction: must be in [0, 1], got {bad}")
     if _get(data_args, "cache") is not None:
         errors += _cache_errors(entries, patch, data_args, urls)
 

@@ -2,8 +2,10 @@
 runs, and loud errors for a cache that does not fit."""
 import copy
 import io
+import logging
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ import teachers
 from radio.data.aligned import CropView, crop_grid
 from radio.data.cached import CachedTargets, check_against_teachers, read_layout
 from radio.data.datamodule import ShardDataModule
+from radio.data.index import ShardIndex, scan_shard
 from radio.data.shards import decode_sample, iter_raw_samples, resolve_shards
 from radio.data.synth import write_synth
 from radio.data.transforms import eval_transform
@@ -38,7 +41,7 @@ def _module():
 
 
 def _batch(synth_dir, cache_dir, **cache):
-    dm = ShardDataModule(str(synth_dir / "val"), resolution=64, batch_size=16, num_workers=0, shuffle_buffer=32,
+    dm = ShardDataModule(str(synth_dir / "val"), resolution=64, batch_size=16, num_workers=0,
                          cache={"dir": str(cache_dir), **cache})
     dm.setup("fit")
     torch.manual_seed(1)
@@ -181,22 +184,48 @@ def test_the_module_refuses_a_cache_of_other_teachers(synth_dir, cached):
     assert "clip/meta.json" in msg and "arch: cache" in msg and "feature_dim: cache 64 != teacher 32" in msg
 
 
-def test_a_key_missing_from_a_feature_shard_is_an_error_naming_shard_and_key(tmp_path):
-    write_synth(tmp_path / "data", 24, val_count=0, size=64, shard_size=24, progress=False)
+def test_bad_cached_records_skip_their_samples_and_are_counted_with_shard_and_key(tmp_path, caplog):
+    """A key missing from a feature shard, a features array of the wrong shape and a feature shard cut in half:
+    over one epoch each affected sample is skipped once and named; every other sample is trained on."""
+    write_synth(tmp_path / "data", 24, val_count=0, size=64, shard_size=12, progress=False)
     cache_teachers([copy.deepcopy(TINY_DINO)], str(tmp_path / "data" / "train"), tmp_path / "cache", (4, 4),
                    progress=False)
-    shard = tmp_path / "cache" / "dino_v2" / "000000.tar"
-    with tarfile.open(shard) as tar:
+    shard0, shard1 = (tmp_path / "cache" / "dino_v2" / f"00000{i}.tar" for i in (0, 1))
+    with tarfile.open(shard0) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    gone = members[10][0].name.split(".")[0]
-    with tarfile.open(shard, "w") as tar:
+    gone, wrong = (members[i][0].name.split(".")[0] for i in (4, 10))
+    with tarfile.open(shard0, "w") as tar:
         for m, data in members:
+            if m.name.startswith(wrong + ".") and m.name.endswith("features.npy"):
+                buf = io.BytesIO()
+                np.save(buf, np.zeros((48, 3, 4), np.float16))
+                m.size, data = len(buf.getvalue()), buf.getvalue()
             if not m.name.startswith(gone + "."):
                 tar.addfile(m, io.BytesIO(data))
+    shard1.write_bytes(shard1.read_bytes()[: shard1.stat().st_size // 2])
+    kept1 = set(scan_shard(str(shard1), ("features.npy",)).keys.tolist())
+    keys1 = [k for k in ShardIndex.build(resolve_shards(str(tmp_path / "data" / "train")), progress=False).keys
+             if k not in {m.name.split(".")[0] for m, _ in members}]
+    assert 0 < len(kept1) < 12 == len(keys1)
+    expected = {("MissingFeatures", str(shard0), gone), ("FeatureError", str(shard0), wrong)}
+    expected |= {("MissingFeatures", str(shard1), k) for k in keys1 if k not in kept1}
+
     dm = ShardDataModule(str(tmp_path / "data" / "train"), resolution=64, batch_size=8, num_workers=0,
-                         shuffle_buffer=8, cache={"dir": str(tmp_path / "cache")})
+                         cache={"dir": str(tmp_path / "cache")})
     dm.setup("fit")
-    it = iter(dm.train_dataloader())
-    with pytest.raises(CacheMismatchError, match=rf"feature shard {shard} has no key {gone} \(next key there: "):
-        for _ in range(4):
-            next(it)
+    assert [(f.kind, f.shard) for f in dm.health.all()] == [("TruncatedShard", str(shard1))]
+    with caplog.at_level(logging.WARNING, logger="radio.data"):
+        batches = [dm.on_before_batch_transfer(b, 0) for _, b in zip(range(3), dm.train_dataloader())]  # 1 epoch
+    logged = [r.getMessage() for r in caplog.records if "skipped bad data" in r.getMessage()]
+    assert len(logged) == len(expected) + 1 and sum(f"TruncatedShard shard={shard1}:" in m for m in logged) == 1
+    assert all(sum(f"{kind} shard={shard} key={key}:" in m for m in logged) == 1 for kind, shard, key in expected)
+    faults = [f for b in batches for f in b["data"]["faults"]]
+    assert {(f["kind"], f["shard"], f["key"]) for f in faults} == expected and len(faults) == len(expected)
+    assert "features of shape (48, 3, 4), meta.json says (48, 4, 4)" in next(
+        f["message"] for f in faults if f["kind"] == "FeatureError")
+    trained = [k for b in batches for k in b["partitions"][0]["key"]]
+    assert len(trained) == len(set(trained)) == 24 - len(expected)
+    assert not set(trained) & {k for _, _, k in expected}
+    for b in batches:
+        p = b["partitions"][0]
+        assert p["image"].shape[0] == len(p["key"]) == len(p["cached"]["dino_v2"].features) == p["crop"].shape[0]

@@ -41,7 +41,7 @@ def test_schedule_errors_name_the_field():
 @pytest.mark.parametrize("workers", [0, 2])
 def test_each_step_has_one_batch_per_partition_of_its_stage(synth_dir, workers):
     stages = [StageConfig([PartitionConfig(**p) for p in s["partitions"]], s.get("steps")) for s in THREE_STAGES]
-    dm = ShardDataModule(str(synth_dir / "train"), stages=stages, num_workers=workers, shuffle_buffer=16)
+    dm = ShardDataModule(str(synth_dir / "train"), stages=stages, num_workers=workers)
     loader = dm.train_dataloader()
     seen = []
     for i, batch in zip(range(8), loader):
@@ -83,8 +83,7 @@ def test_resume_starts_at_the_trainers_step(synth_dir):
 
 def test_sample_order_is_repeatable(synth_dir):
     def keys(seed):
-        dm = ShardDataModule(str(synth_dir / "train"), resolution=32, batch_size=8, num_workers=0,
-                             shuffle_buffer=32, seed=seed)
+        dm = ShardDataModule(str(synth_dir / "train"), resolution=32, batch_size=8, num_workers=0, seed=seed)
         return [k for _, b in zip(range(3), dm.train_dataloader()) for k in b["partitions"][0]["key"]]
 
     first = keys(0)

@@ -89,3 +89,57 @@ def test_real_recipe_prints_its_resolved_config(capsys):
     out = capsys.readouterr().out
     for key in ("stages:", "resolution: 1024", "- dino_v2", "mosaic: true", "normalizer: phis", "estimate_steps: 3000"):
         assert key in out, key
+
+
+def test_unknown_keys_in_a_plain_recipe_are_named(synth_dir, tmp_path):
+    r = tiny_recipe(str(synth_dir / "train"), None, tmp_path)
+    r["trainr"] = {}
+    r["model"]["teachers"][1]["colour"] = "red"
+    r["data"]["shuffle_buffer"] = 100  # no longer a data option (the epoch order shuffles globally)
+    r["data"]["resolution"], r["data"]["stages"] = None, [{"partitions": [{"resolution": 32, "bs": 4}]}]
+    del r["data"]["batch_size"]
+    with pytest.raises(ConfigError) as e:
+        validate_recipe(r)
+    msg = str(e.value)
+    for p in ("recipe: unknown key(s) ['trainr']", "model.teachers[1]: unknown key(s) ['colour']",
+              "data: unknown key(s) ['shuffle_buffer']", "data.stages[0].partitions[0]: unknown key(s) ['bs']"):
+        assert p in msg, (p, msg)
+
+
+def test_fsdp_on_the_cpu_and_bad_fraction_fail_before_compute(synth_dir, tmp_path, monkeypatch):
+    r = tiny_recipe(str(synth_dir / "train"), None, tmp_path, max_bad_fraction=1.5)
+    r["trainer"].update(strategy="fsdp", devices=2)
+    _expect(r, tmp_path, monkeypatch, "trainer.strategy: fsdp (FSDP) needs GPUs",
+            "data.max_bad_fraction: must be in [0, 1], got 1.5")
+    r["trainer"].update(strategy={"class_path": "lightning.pytorch.strategies.FSDPStrategy"}, devices=2)
+    _expect(r, tmp_path, monkeypatch, "(FSDP) needs GPUs")
+    r["trainer"]["strategy"] = "dpp"
+    _expect(r, tmp_path, monkeypatch, "trainer.strategy: unknown strategy 'dpp'")
+
+
+def test_an_empty_shard_set_fails_before_compute(tmp_path, monkeypatch):
+    import tarfile
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "000000.tar").write_bytes(b"")
+    tarfile.open(shards / "000001.tar", "w").close()  # a valid tar without members
+    r = tiny_recipe(str(shards), None, tmp_path)
+    _expect(r, tmp_path, monkeypatch, "data.shards: the shard set is empty: none of its 2 shard(s) holds a sample",
+            "000000.tar (empty file)", "000001.tar (a tar without members)")
+
+
+def test_a_teacher_that_cannot_reach_a_grid_is_named(synth_dir):
+    from radio.data.datamodule import ShardDataModule
+    from radio.train.module import DistillModule
+    from radio.train.validate import teacher_grid_errors
+    from tests.helpers import TINY_CLIP, TINY_DINO, TINY_STUDENT
+
+    module = DistillModule(TINY_STUDENT, [copy.deepcopy(TINY_CLIP), copy.deepcopy(TINY_DINO)],
+                           validation={"resolutions": [32, 64]})
+    dm = ShardDataModule(str(synth_dir / "train"), resolution=64, batch_size=4)
+    assert teacher_grid_errors(module, dm) == []
+    module.teachers["clip"].input_size = 12  # a fixed canvas smaller than the teacher's 16 px patch: no cell
+    errors = teacher_grid_errors(module, dm)
+    assert len(errors) == 2 and all(e.startswith("model.teachers[0] (clip): cannot produce targets") for e in errors)
+    assert "4x4 student grid at 64 px" in errors[1] and "its feature grid at 12x12 px is 0x0" in errors[1]
