@@ -138,7 +138,7 @@ def teacher_grid_errors(module: Any, datamodule: Any) -> list[str]:
         return []
     patch = module.patch_size
     wanted: dict[str, set[int]] = {}
-    for i, st in enumerate(schedule.stages):
+    for st in schedule.stages:
         for p in st.partitions:
             for n in p.teachers or [e.name for e in module.entries]:
                 wanted.setdefault(n, set()).add(p.resolution)
