@@ -6,8 +6,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -24,15 +24,32 @@ def machine() -> str:
     """One line: CPU model, cores, torch version and threads, and the load average now."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
             f"load average {load():.2f}")
+
+
+def demo_recipe() -> dict:
+    """recipes/demo.yaml as a dict."""
+    import yaml
+
+    import recipes
+
+    return yaml.safe_load(recipes.path("demo").read_text())
+
+
+def demo_stages() -> list[dict]:
+    """The demo's training stages, each without its step count (so each can run on its own)."""
+    return [{k: v for k, v in stage.items() if k != "steps"} for stage in demo_recipe()["data"]["stages"]]
+
+
+def stage_label(partitions: list[dict]) -> str:
+    """'24 x 128 px + 16 x 64 px' for a stage's partitions."""
+    return " + ".join(f"{p['batch_size']} x {p['resolution']} px" for p in partitions)
 
 
 def median(xs: Sequence[float]) -> float:

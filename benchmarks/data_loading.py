@@ -19,21 +19,18 @@ ViT-B student alone at 40% model FLOP utilisation (an analytic upper bound, not 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402
+import _bench
 
-import recipes  # noqa: E402
-from radio.data.datamodule import ShardDataModule  # noqa: E402
-from radio.train.module import DistillModule  # noqa: E402
+from radio.data.datamodule import ShardDataModule
+from radio.train.module import DistillModule
 
 VITB_STUDENT = {"arch": "vit_base", "patch_size": 16, "register_multiple": 8, "max_resolution": 512}
 VITB_TEACHERS = [
@@ -76,7 +73,7 @@ def compare(module: DistillModule | None, batches, rounds: int, threads: int) ->
         batch = load_one()
         t_load.append(time.perf_counter() - t0)
         if module is not None:
-            t_step.append(_bench.timed(lambda: _bench.train_step(module, opt, batch)))
+            t_step.append(_bench.timed(lambda b=batch: _bench.train_step(module, opt, b)))
         loads.append(_bench.load())
     out = {"n": n, "worker_sps": n / _bench.median(t_load), "load": (min(loads), max(loads))}
     if t_step:
@@ -112,15 +109,12 @@ def main() -> None:
     torch.manual_seed(0)
     print(_bench.machine())
     t0 = time.time()
-    demo = yaml.safe_load(open(recipes.path("demo")))
+    demo = _bench.demo_recipe()
     module = DistillModule(**demo["model"])
     shards = _bench.synth_shards("synth128", 512)
     rows: list[tuple[str, dict[str, Any]]] = []
-    for i, stage in enumerate(demo["data"]["stages"]):
-        stage = copy.deepcopy(stage)
-        stage.pop("steps", None)
-        parts = " + ".join(f"{p['batch_size']} x {p['resolution']} px" for p in stage["partitions"])
-        label = f"demo stage {i} ({parts}, 128 px PNG)"
+    for i, stage in enumerate(_bench.demo_stages()):
+        label = f"demo stage {i} ({_bench.stage_label(stage['partitions'])}, 128 px PNG)"
         rows.append((label, compare(module, loader(shards, [stage], demo["data"]["shuffle_buffer"]), a.rounds,
                                     a.threads)))
         report(*rows[-1])

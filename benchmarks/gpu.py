@@ -16,7 +16,7 @@ step are counted once with torch.utils.flop_counter (matmuls and attention, forw
 the step time and the GPU's dense bf16 peak (table below, or --peak-tflops): the model FLOP utilisation (MFU;
 goal >= 40% at 432 px). Teachers (random init, real sizes, built on the GPU): DFN CLIP ViT-H-14-378, SigLIP
 SO400M-14-384, DINOv2-g/14-reg4 at 378 px (27 x 27 cells, the 432 px student's grid), SAM ViT-H at 1024:
-images/s optimised vs baseline. The run stops starting new cases past --budget-s (default 420 s) and says
+images/s optimised vs baseline. The run stops starting new cases past --budget-s (default 360 s) and says
 which it skipped. Every ratio is printed after its figures; the last line is the student's ratio.
 
 Dry run (--dry-run): CPU, float32, eager, tiny student (width 64, depth 2) at 64 px and the demo's tiny teachers;
@@ -28,17 +28,18 @@ import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402
+import _bench
 
-from radio.losses import LossConfig, feature_loss, summary_cosine_loss, tokens_to_grid  # noqa: E402
-from radio.model import ModelConfig, RADIOModel, StudentConfig, TeacherHead  # noqa: E402
+from radio.losses import LossConfig, feature_loss, summary_cosine_loss, tokens_to_grid
+from radio.model import ModelConfig, RADIOModel, StudentConfig, TeacherHead
 
 # Dense bf16 peak FLOP/s by device-name substring (first match wins): NVIDIA's datasheets.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
@@ -53,7 +54,7 @@ class Setup:
 
     device: str
     students: dict[str, dict[str, Any]]
-    heads: list[tuple[str, Optional[int], int]]
+    heads: list[tuple[str, int | None, int]]
     resolution: int
     batch: dict[str, int]
     teachers: list[tuple[str, dict[str, Any], int, int]]  # (label, spec, input side, batch)
@@ -74,11 +75,7 @@ def gpu_setup(a: argparse.Namespace) -> Setup:
 
 
 def dry_setup(a: argparse.Namespace) -> Setup:
-    import yaml
-
-    import recipes
-
-    demo = {t["name"]: t for t in yaml.safe_load(open(recipes.path("demo")))["model"]["teachers"]}
+    demo = {t["name"]: t for t in _bench.demo_recipe()["model"]["teachers"]}
     spec = {n: {k: v for k, v in t.items() if k in ("name", "model", "pretrained", "seed", "arch")}
             for n, t in demo.items()}
     tiny = {"arch": "custom", "embed_dim": 64, "depth": 2, "num_heads": 2, "max_resolution": 128}
@@ -124,7 +121,7 @@ def vit_forward_flops(grid: int, patch: int, dim: int, depth: int, prefix: int, 
     return 2 * grid * grid * 3 * patch * patch * dim + depth * block
 
 
-def peak_flops(device: str, given_tflops: Optional[float]) -> tuple[float, str]:
+def peak_flops(device: str, given_tflops: float | None) -> tuple[float, str]:
     """The peak FLOP/s MFU is measured against, and where it came from."""
     if given_tflops:
         return given_tflops * 1e12, "given"
@@ -181,7 +178,7 @@ def build_student(setup: Setup, arch: dict[str, Any]) -> RADIOModel:
     student = StudentConfig(**{"patch_size": 16, "register_multiple": 8, "max_resolution": 1024, **arch})
     heads = [TeacherHead(n, s, f, normalizer="none") for n, s, f in setup.heads]
     with torch.device(setup.device):
-        return RADIOModel(ModelConfig(student=student, teachers=heads)).train()
+        return RADIOModel(ModelConfig(student=student, teachers=heads)).to(setup.device).train()
 
 
 def student_loss(model: RADIOModel, x: torch.Tensor, targets: dict[str, tuple]) -> torch.Tensor:
@@ -232,8 +229,8 @@ def student_case(setup: Setup, label: str, arch: dict[str, Any], peak: float) ->
             fast_s = time_steps(fast, setup.steps, dev, setup.warmup)
             note = "bf16 autocast, torch.compile, default SDPA, fused AdamW"
     else:
-        fast_s, note = time_steps(make_step(student_loss, False, False), setup.steps, dev, setup.warmup), "dry run: fp32 eager"
-    del model, opt
+        fast_s = time_steps(make_step(student_loss, False, False), setup.steps, dev, setup.warmup)
+        note = "dry run: fp32 eager"
     out = {"label": label, "batch": b, "flops": flops, "base_s": base_s, "fast_s": fast_s, "note": note,
            "mfu": flops / fast_s / peak, "mfu_base": flops / base_s / peak}
     out["analytic_ratio"] = flops / (3 * b * vit_forward_flops(g, 16, *_dims(arch), prefix))
@@ -250,8 +247,8 @@ def teacher_case(setup: Setup, label: str, spec: dict[str, Any], side: int, batc
     import teachers
 
     dev = setup.device
-    with torch.device(dev):
-        teacher = teachers.build(spec)
+    with torch.device(dev):  # random init on the device (fast); some libraries move to the CPU when they finish
+        teacher = teachers.build(spec).to(dev)
     x = torch.rand(batch, 3, side, side, device=dev, generator=torch.Generator(dev).manual_seed(0))
 
     @torch.no_grad()
@@ -261,13 +258,10 @@ def teacher_case(setup: Setup, label: str, spec: dict[str, Any], side: int, batc
     fast_fn = torch.compile(teacher) if setup.optimised else teacher
     base_s = time_steps(baseline, setup.steps, dev, setup.warmup)
     fast_s = time_steps(lambda: fast_fn(x), setup.steps, dev, setup.warmup)
-    del teacher, fast_fn
-    if dev == "cuda":
-        torch.cuda.empty_cache()
     return {"label": label, "side": side, "batch": batch, "base_ips": batch / base_s, "fast_ips": batch / fast_s}
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, fp32, no compile")
     ap.add_argument("--students", default="vit_base,vit_large")
@@ -277,7 +271,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per measurement (after 2 warm-up)")
     ap.add_argument("--no-teachers", action="store_true")
     ap.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if it is not in the table")
-    ap.add_argument("--budget-s", type=float, default=420, help="start no new case after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=360, help="start no new case after this many seconds")
     a = ap.parse_args(argv)
     t0 = time.time()
     if a.dry_run:
@@ -293,16 +287,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     peak, source = peak_flops(setup.device, a.peak_tflops)
     print(f"peak for MFU: {si(peak, 'FLOP/s')} ({source})", flush=True)
     skipped: list[str] = []
-    t_rows = []
-    if not a.no_teachers:
-        for label, spec, side, batch in setup.teachers:
-            if time.time() - t0 > a.budget_s:
-                skipped.append(label)
-                continue
-            r = teacher_case(setup, label, spec, side, batch)
-            t_rows.append(r)
-            print(f"teacher {label}, batch {batch} at {side} px: {r['base_ips']:.1f} img/s fp32 eager, "
-                  f"{r['fast_ips']:.1f} img/s optimised; ratio {r['fast_ips'] / r['base_ips']:.2f}", flush=True)
     s_rows = []
     for label, arch in setup.students.items():
         if time.time() - t0 > a.budget_s:
@@ -314,6 +298,18 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"{si(r['flops'], 'FLOP')} per step (counted; {r['analytic_ratio']:.2f}x the analytic backbone "
               f"3 x forward); fp32 eager {r['base_s'] * 1e3:.1f} ms (MFU {r['mfu_base']:.1%}), {r['note']} "
               f"{r['fast_s'] * 1e3:.1f} ms (MFU {r['mfu']:.1%}); goal MFU >= 40%", flush=True)
+    t_rows = []
+    if not a.no_teachers:
+        for label, spec, side, batch in setup.teachers:
+            if time.time() - t0 > a.budget_s:
+                skipped.append(label)
+                continue
+            r = teacher_case(setup, label, spec, side, batch)
+            if setup.device == "cuda":
+                torch.cuda.empty_cache()  # the teacher is gone with the case's frame
+            t_rows.append(r)
+            print(f"teacher {label}, batch {batch} at {side} px: {r['base_ips']:.1f} img/s fp32 eager, "
+                  f"{r['fast_ips']:.1f} img/s optimised; ratio {r['fast_ips'] / r['base_ips']:.2f}", flush=True)
     if skipped:
         print(f"skipped past the {a.budget_s:.0f} s budget: {', '.join(skipped)}")
     print(f"total {time.time() - t0:.0f} s")

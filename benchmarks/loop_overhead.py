@@ -20,7 +20,7 @@ step times, load averages, and the ratio A / B last (goal <= 1.10).
 from __future__ import annotations
 
 import argparse
-import copy
+import itertools
 import json
 import sys
 import time
@@ -30,18 +30,17 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402
+import _bench
 
-import recipes  # noqa: E402
-from radio.cli.fit import RadioCLI  # noqa: E402
-from radio.data.datamodule import ShardDataModule  # noqa: E402
-from radio.losses import match_grids, tokens_to_grid  # noqa: E402
-from radio.train.module import DistillModule  # noqa: E402
-from radio.train.optim import build_optimizer  # noqa: E402
-from radio.train.targets import teacher_targets  # noqa: E402
+import recipes
+from radio.cli.fit import RadioCLI
+from radio.data.datamodule import ShardDataModule
+from radio.losses import match_grids, tokens_to_grid
+from radio.train.module import DistillModule
+from radio.train.optim import build_optimizer
+from radio.train.targets import teacher_targets
 
 
 class Interleave(L.Callback):
@@ -52,7 +51,7 @@ class Interleave(L.Callback):
     side's loader ever restarts. The first `skip` steps are a warm-up and not timed.
     """
 
-    def __init__(self, bare: "BareLoop", steps: int, skip: int) -> None:
+    def __init__(self, bare: BareLoop, steps: int, skip: int) -> None:
         self.bare, self.steps, self.skip = bare, steps, skip
         self.fit_times: list[float] = []
         self.bare_times: list[float] = []
@@ -71,7 +70,7 @@ class Interleave(L.Callback):
                 for _ in range(self.steps):
                     self.bare.step()
                     stamps.append(time.perf_counter())
-            self.bare_times += [b - a for a, b in zip(stamps, stamps[1:])]
+            self.bare_times += [b - a for a, b in itertools.pairwise(stamps)]
             self.loads.append(_bench.load())
             self._last = time.perf_counter()
 
@@ -144,8 +143,7 @@ def measure_stage(shards: Path, stage: dict, label: str, a: argparse.Namespace) 
     trainer.fit_loop.epoch_loop.max_steps = skip + a.rounds * a.steps
     trainer.fit(module, datamodule=dm)
     trainer.callbacks.remove(clock)
-    parts = " + ".join(f"{p['batch_size']} x {p['resolution']} px" for p in stage["partitions"])
-    out = {"stage": label, "partitions": parts, "fit_s": _bench.median(clock.fit_times),
+    out = {"stage": label, "partitions": _bench.stage_label(stage["partitions"]), "fit_s": _bench.median(clock.fit_times),
            "bare_s": _bench.median(clock.bare_times), "n": (len(clock.fit_times), len(clock.bare_times)),
            "load": (min(clock.loads), max(clock.loads))}
     out["ratio"] = out["fit_s"] / out["bare_s"]
@@ -177,17 +175,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=6, help="steps per round and side")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of radio fit steps")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print a cProfile table (Lightning and radio.train functions) of radio fit steps")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(_bench.machine())
     t0 = time.time()
     shards = _bench.synth_shards("synth128", 512)
-    demo = yaml.safe_load(open(recipes.path("demo")))
     rows = []
-    for i, stage in enumerate(demo["data"]["stages"]):
-        stage = copy.deepcopy(stage)
-        stage.pop("steps", None)
+    for i, stage in enumerate(_bench.demo_stages()):
         rows.append(measure_stage(shards, stage, f"stage{i}", a))
         r = rows[-1]
         print(f"demo stage {i} ({r['partitions']}): radio fit {r['fit_s'] * 1e3:.1f} ms/step, bare loop "

@@ -19,7 +19,6 @@ timm DINOv2 ViT-B/14) at 224 px, batch 8, float32; images are random tensors (me
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import subprocess
 import sys
@@ -30,14 +29,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402
+import _bench
 
 MIB = 2 ** 20
 
 
 def status_kib(field: str) -> int:
     """A field of /proc/self/status in KiB (VmRSS, VmHWM)."""
-    for line in open("/proc/self/status"):
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(f"/proc/self/status has no {field}")
@@ -45,26 +44,20 @@ def status_kib(field: str) -> int:
 
 def reset_peak() -> None:
     """Reset VmHWM to the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def build_case(case: str, vitb_batch: int):
     """(module, batch, label) for a case name: demo0, demo1 or vitb."""
-    import yaml
-
-    import recipes
     from data_loading import VITB_STUDENT, VITB_TEACHERS
+
     from radio.train.module import DistillModule
 
     g = torch.Generator().manual_seed(0)
     if case.startswith("demo"):
-        demo = yaml.safe_load(open(recipes.path("demo")))
-        stage = copy.deepcopy(demo["data"]["stages"][int(case[4:])])
-        module = DistillModule(**demo["model"])
-        parts = stage["partitions"]
-        label = "demo stage " + case[4:] + " (" + " + ".join(f"{p['batch_size']} x {p['resolution']} px"
-                                                            for p in parts) + ")"
+        module = DistillModule(**_bench.demo_recipe()["model"])
+        parts = _bench.demo_stages()[int(case[4:])]["partitions"]
+        label = f"demo stage {case[4:]} ({_bench.stage_label(parts)})"
     elif case == "vitb":
         module = DistillModule(VITB_STUDENT, VITB_TEACHERS)
         parts = [{"resolution": 224, "batch_size": vitb_batch}]

@@ -1,6 +1,9 @@
 """Mosaic vs running the high-resolution teacher once per low-resolution image: SAM's time per sample, in one run.
 
-    PYTHONPATH=$PWD python benchmarks/mosaic.py [--rounds 3] [--threads 2]
+    PYTHONPATH=$PWD python benchmarks/mosaic.py [--rounds 3] [--threads 1]
+
+One thread by default: on the shared 2-core machine, 2-thread rounds of the same case varied by an order of
+magnitude (another job holding a core stalls every OpenMP barrier); 1-thread rounds were far steadier.
 
 The teacher is segment_anything's `ImageEncoderViT` with the real vit_b configuration (width 768, depth 12, 12
 heads, windows of 14, global attention in blocks 2, 5, 8, 11, 256-d neck), randomly initialised, on a 512 px
@@ -23,14 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402
+import _bench
 
-import recipes  # noqa: E402
-import teachers  # noqa: E402
-from radio.train.targets import mosaic_plan, teacher_targets  # noqa: E402
+import teachers
+from radio.train.targets import mosaic_plan, teacher_targets
+
 
 def sam_b(canvas: int) -> dict:
     """segment_anything's vit_b image encoder (random init) on a smaller canvas than SAM's 1024 px."""
@@ -38,7 +40,7 @@ def sam_b(canvas: int) -> dict:
 
 
 def demo_sam() -> dict:
-    spec = next(t for t in yaml.safe_load(open(recipes.path("demo")))["model"]["teachers"] if t["name"] == "sam")
+    spec = next(t for t in _bench.demo_recipe()["model"]["teachers"] if t["name"] == "sam")
     return {k: v for k, v in spec.items() if k not in ("normalizer", "mosaic", "summary_weight", "feature_weight")}
 
 
@@ -70,7 +72,7 @@ def compare(teacher: teachers.Teacher, resolution: int, batch: int, rounds: int)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(_bench.machine())
