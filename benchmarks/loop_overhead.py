@@ -143,7 +143,8 @@ def measure_stage(shards: Path, stage: dict, label: str, a: argparse.Namespace) 
     trainer.fit_loop.epoch_loop.max_steps = skip + a.rounds * a.steps
     trainer.fit(module, datamodule=dm)
     trainer.callbacks.remove(clock)
-    out = {"stage": label, "partitions": _bench.stage_label(stage["partitions"]), "fit_s": _bench.median(clock.fit_times),
+    out = {"stage": label, "partitions": _bench.stage_label(stage["partitions"]),
+           "fit_s": _bench.median(clock.fit_times),
            "bare_s": _bench.median(clock.bare_times), "n": (len(clock.fit_times), len(clock.bare_times)),
            "load": (min(clock.loads), max(clock.loads))}
     out["ratio"] = out["fit_s"] / out["bare_s"]
@@ -187,7 +188,8 @@ def main() -> None:
         rows.append(measure_stage(shards, stage, f"stage{i}", a))
         r = rows[-1]
         print(f"demo stage {i} ({r['partitions']}): radio fit {r['fit_s'] * 1e3:.1f} ms/step, bare loop "
-              f"{r['bare_s'] * 1e3:.1f} ms/step (medians of {r['n'][0]} and {r['n'][1]}), load {r['load'][0]:.2f}-{r['load'][1]:.2f}",
+              f"{r['bare_s'] * 1e3:.1f} ms/step (medians of {r['n'][0]} and {r['n'][1]}), "
+              f"load {r['load'][0]:.2f}-{r['load'][1]:.2f}",
               flush=True)
         if "profile" in r:
             print(r["profile"])

@@ -12,7 +12,8 @@ on the 2-core development CPU). Student partitions (patch 16): 208 px on a 512 p
 2 x 2 tiles of 13 cells in 16-cell tiles: the 432-in-1024 case of DESIGN.md scaled by 1/2), and 64 px on a 256 px
 canvas, batch 16 (grid 4, 4 x 4 tiles: the 256-in-1024 case scaled by 1/4). The demo's tiny SAM (128 px canvas)
 at 64 px (2 x 2) is measured too. Per canvas both sides pay the same forward, so the ratio is about B /
-canvases less the mosaic's own cost (padding, cropping); the canvas size hardly matters to it. Both sides go through the training loop's own code (radio.train.targets.teacher_targets):
+canvases less the mosaic's own cost (padding, cropping); the canvas size hardly matters to it.
+Both sides go through the training loop's own code (radio.train.targets.teacher_targets):
 without mosaic every image is resized to the canvas and the teacher runs on a batch of B canvases; with mosaic
 it runs on ceil(B / k^2) canvases and each tile's features are cropped back. Timed in alternation (A, B, A,
 B ...) after a warm-up; medians and the median of the per-round ratios are printed, the ratio last (goal: close
