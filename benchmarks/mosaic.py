@@ -8,7 +8,7 @@ magnitude (another job holding a core stalls every OpenMP barrier); 1-thread rou
 The teacher is segment_anything's `ImageEncoderViT` with the real vit_b configuration (width 768, depth 12, 12
 heads, windows of 14, global attention in blocks 2, 5, 8, 11, 256-d neck), randomly initialised, on a 512 px
 canvas smaller than SAM's 1024 px so that a CPU run stays short (one vit_b forward at 512 px takes
-on the 2-core development CPU, 2-4 s). Student partitions (patch 16): 208 px on a 512 px canvas, batch 4 (grid 13,
+2-4 s on the 2-core development CPU). Student partitions (patch 16): 208 px on a 512 px canvas, batch 4 (grid 13,
 2 x 2 tiles of 13 cells in 16-cell tiles: the 432-in-1024 case of DESIGN.md scaled by 1/2), and 64 px on a 256 px
 canvas, batch 16 (grid 4, 4 x 4 tiles: the 256-in-1024 case scaled by 1/4). The demo's tiny SAM (128 px canvas)
 at 64 px (2 x 2) is measured too. Per canvas both sides pay the same forward, so the ratio is about B /
