@@ -5,7 +5,9 @@ Teachers: open_clip ViT-B-16 (fixed 224 px, 14 x 14 cells) and timm DINOv2 ViT-S
 at 224 px. Generated images (`radio data synth`, 224 px) are cached once with `cache_teachers` (fp16); then one
 datamodule streams batches with online targets and one with cached targets (patch-aligned crops), and training
 steps (batch loading + targets + student forward/backward + AdamW) are timed in alternation. Printed: caching cost
-per image, storage per image per teacher, the median step of each variant and their ratio.
+per image, storage per image per teacher (the metadata's tensor bytes, and the bytes on disk: every file the cache
+wrote, tar headers and metadata included, over the images, beside the image shards' own bytes per image), the
+median step of each variant, and last the median over rounds of the per-round ratio cached / online.
 
     PYTHONPATH=$PWD python benchmarks/cache_training.py [--images 64] [--batch 8] [--rounds 5] [--threads 2]
 """
@@ -13,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
 
 from radio.data.datamodule import ShardDataModule
 from radio.data.synth import write_synth
@@ -50,6 +56,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    print(_bench.machine())
     root = Path(tempfile.mkdtemp(prefix="radio_cache_bench_"))
     write_synth(root / "data", a.images, val_count=0, size=224, shard_size=a.images, progress=False)
     shards = str(root / "data" / "train")
@@ -62,6 +69,10 @@ def main() -> None:
     for name, meta in metas.items():
         print(f"  {name:8s} {meta['resolution'][0]} px, features {meta['features_shape']}, "
               f"{meta['bytes_per_image'] / 1024:.1f} KiB per image ({meta['dtype']})")
+    on_disk = sum(f.stat().st_size for f in (root / "cache").rglob("*") if f.is_file())
+    images = sum(f.stat().st_size for f in (root / "data" / "train").rglob("*.tar"))
+    print(f"on disk: feature cache {on_disk / a.images / 1024:.1f} KiB per image (all teachers, all files), image "
+          f"shards {images / a.images / 1024:.1f} KiB per image")
 
     module = DistillModule(STUDENT, TEACHERS)
     opt = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
@@ -74,13 +85,17 @@ def main() -> None:
     for key in loaders:  # warm-up
         _step(module, opt, loaders[key])
     times: dict[str, list[float]] = {k: [] for k in loaders}
+    loads = [_bench.load()]
     for _ in range(a.rounds):
         for key in loaders:
             times[key].append(_step(module, opt, loaders[key]))
+        loads.append(_bench.load())
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"training step, teachers {k:6s}: {v * 1e3:8.1f} ms (median of {a.rounds}, batch {a.batch})")
-    print(f"ratio cached / online: {med['cached'] / med['online']:.2f}")
+    ratio, lo, hi = _bench.paired(times["online"], times["cached"])
+    print(f"load average {min(loads):.2f}-{max(loads):.2f}; per-round ratios {lo:.2f}-{hi:.2f}")
+    print(f"ratio cached / online step time: {ratio:.2f}")
 
 
 if __name__ == "__main__":
