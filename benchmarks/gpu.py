@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         s_rows.append(r)
         print(f"student {label} step, batch {r['batch']} at {setup.resolution} px: "
               f"{si(r['flops'], 'FLOP')} per step (counted; {r['analytic_ratio']:.2f}x the analytic backbone "
-              f"3 x forward); fp32 eager {r['base_s'] * 1e3:.1f} ms (MFU {r['mfu_base']:.1%}), {r['note']} "
-              f"{r['fast_s'] * 1e3:.1f} ms (MFU {r['mfu']:.1%}); goal MFU >= 40%", flush=True)
+              f"3 x forward); fp32 eager {r['base_s'] * 1e3:.1f} ms (MFU {r['mfu_base'] * 100:.3g}%), {r['note']} "
+              f"{r['fast_s'] * 1e3:.1f} ms (MFU {r['mfu'] * 100:.3g}%); goal MFU >= 40%", flush=True)
     t_rows = []
     if not a.no_teachers:
         for label, spec, side, batch in setup.teachers:
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ratio optimised / fp32 eager teacher throughput, {r['label']}: {r['fast_ips'] / r['base_ips']:.2f}")
     for r in s_rows:
         print(f"ratio optimised / fp32 eager student step, {r['label']} at {setup.resolution} px: "
-              f"{r['base_s'] / r['fast_s']:.2f} (MFU {r['mfu']:.1%})")
+              f"{r['base_s'] / r['fast_s']:.2f} (MFU {r['mfu'] * 100:.3g}%)")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_gpu_script_dry_run_reports_mfu_and_ratios():
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.strip().splitlines()
     assert "DRY RUN" in lines[0]
-    mfus = [float(m) / 100 for m in re.findall(r"MFU ([0-9.]+)%", r.stdout)]
+    mfus = [float(m) / 100 for m in re.findall(r"MFU ([0-9.]+(?:e[-+]?[0-9]+)?)%", r.stdout)]
     assert mfus and all(0 < m <= 1 for m in mfus)
     teachers = [ln for ln in lines if ln.startswith("ratio optimised / fp32 eager teacher throughput")]
     assert len(teachers) == 3  # the demo's three teacher families
