@@ -2,14 +2,14 @@
 
     PYTHONPATH=$PWD python benchmarks/data_loading.py [--rounds 4] [--threads 2] [--skip-vitb]
 
-Side A is one loader worker's work: the datamodule's own training pipeline (radio.data.datamodule.StepStream:
-the seeded epoch order, random access by index into the local shards, decode, one seeded random resized crop +
-flip per partition and sample, batching), run in this process with `num_workers=0` and one torch thread, as a
-DataLoader worker runs (the shard index is built before the timing, as `setup` does once per run). Side B is the training
-step that consumes the batch (every partition's teacher targets, student forward/backward, AdamW; no Lightning,
-benchmarks/_bench.train_step). Rounds alternate: load a batch (A), train on it (B). The ratio printed is the
-median over rounds of (samples/s of one worker) / (samples/s of the step) = t_step / t_load: above 1, one
-worker keeps up and the loader is not the bottleneck; the datamodule's `num_workers` multiplies it.
+Side A is one loader worker's work: the datamodule's own training pipeline (radio.data.datamodule.StepStream: the
+seeded epoch order, random access by index into the local shards, decode, one seeded random resized crop + flip per
+partition and sample, batching), run in this process with `num_workers=0` and one torch thread, as a DataLoader
+worker runs (the shard index is built before the timing, as `setup` does once per run). Side B is the training step
+that consumes the batch (every partition's teacher targets, student forward/backward, AdamW; no Lightning,
+benchmarks/_bench.train_step). Rounds alternate: load a batch (A), train on it (B). The ratio printed is the median
+over rounds of (samples/s of one worker) / (samples/s of the step) = t_step / t_load: above 1, one worker keeps up
+and the loader is not the bottleneck; the datamodule's `num_workers` multiplies it.
 
 Cases: the demo (recipes/demo.yaml: its model and each of its two stages, on 128 px PNG shards of generated
 images); and ViT-B scale: a ViT-B/16 student (RADIOModel, vit_base) with two real-size randomly initialised
