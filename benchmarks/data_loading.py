@@ -2,13 +2,14 @@
 
     PYTHONPATH=$PWD python benchmarks/data_loading.py [--rounds 4] [--threads 2] [--skip-vitb]
 
-Side A is one loader worker's work: the datamodule's own training pipeline (radio.data.datamodule:
-resampled shards, shuffle buffer, decode, one random resized crop + flip per partition and sample, batching),
-run in this process with `num_workers=0` and one torch thread, as a DataLoader worker runs. Side B is the training
-step that consumes the batch (every partition's teacher targets, student forward/backward, AdamW; no Lightning,
-benchmarks/_bench.train_step). Rounds alternate: load a batch (A), train on it (B). The ratio printed is the
-median over rounds of (samples/s of one worker) / (samples/s of the step) = t_step / t_load: above 1, one
-worker keeps up and the loader is not the bottleneck; the datamodule's `num_workers` multiplies it.
+Side A is one loader worker's work: the datamodule's own training pipeline (radio.data.datamodule.StepStream: the
+seeded epoch order, random access by index into the local shards, decode, one seeded random resized crop + flip per
+partition and sample, batching), run in this process with `num_workers=0` and one torch thread, as a DataLoader
+worker runs (the shard index is built before the timing, as `setup` does once per run). Side B is the training step
+that consumes the batch (every partition's teacher targets, student forward/backward, AdamW; no Lightning,
+benchmarks/_bench.train_step). Rounds alternate: load a batch (A), train on it (B). The ratio printed is the median
+over rounds of (samples/s of one worker) / (samples/s of the step) = t_step / t_load: above 1, one worker keeps up
+and the loader is not the bottleneck; the datamodule's `num_workers` multiplies it.
 
 Cases: the demo (recipes/demo.yaml: its model and each of its two stages, on 128 px PNG shards of generated
 images); and ViT-B scale: a ViT-B/16 student (RADIOModel, vit_base) with two real-size randomly initialised
@@ -41,9 +42,9 @@ VITB_TEACHERS = [
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM
 
 
-def loader(shards: Path, stages: list[dict], shuffle_buffer: int):
-    dm = ShardDataModule(str(shards), stages=stages, num_workers=0, shuffle_buffer=shuffle_buffer)
-    dm.setup("fit")
+def loader(shards: Path, stages: list[dict]):
+    dm = ShardDataModule(str(shards), stages=stages, num_workers=0)
+    dm.setup("fit")  # the shard index (one header scan), outside the timing
     return iter(dm.train_dataloader())
 
 
@@ -62,7 +63,7 @@ def compare(module: DistillModule | None, batches, rounds: int, threads: int) ->
         finally:
             torch.set_num_threads(threads)
 
-    for _ in range(2):  # warm-up: the shuffle buffer fills, modules warm
+    for _ in range(2):  # warm-up: modules warm
         batch = load_one()
         if module is not None:
             _bench.train_step(module, opt, batch)
@@ -115,17 +116,16 @@ def main() -> None:
     rows: list[tuple[str, dict[str, Any]]] = []
     for i, stage in enumerate(_bench.demo_stages()):
         label = f"demo stage {i} ({_bench.stage_label(stage['partitions'])}, 128 px PNG)"
-        rows.append((label, compare(module, loader(shards, [stage], demo["data"]["shuffle_buffer"]), a.rounds,
-                                    a.threads)))
+        rows.append((label, compare(module, loader(shards, [stage]), a.rounds, a.threads)))
         report(*rows[-1])
     if not a.skip_vitb:
         jpegs = _bench.jpeg_shards("jpeg512", 256, 512)
         module = DistillModule(VITB_STUDENT, VITB_TEACHERS)
         stage = {"partitions": [{"resolution": 224, "batch_size": 8}]}
         label = "ViT-B/16 student + CLIP ViT-B-16 + DINOv2 ViT-B/14, 8 x 224 px, 512 px JPEG"
-        rows.append((label, compare(module, loader(jpegs, [stage], 256), max(2, a.rounds - 1), a.threads)))
+        rows.append((label, compare(module, loader(jpegs, [stage]), max(2, a.rounds - 1), a.threads)))
         report(*rows[-1])
-        r432 = compare(None, loader(jpegs, [{"partitions": [{"resolution": 432, "batch_size": 32}]}], 256),
+        r432 = compare(None, loader(jpegs, [{"partitions": [{"resolution": 432, "batch_size": 32}]}]),
                        a.rounds, a.threads)
         report("loader alone, 32 x 432 px, 512 px JPEG", r432)
         gpu_sps = 0.4 * H100_BF16_FLOPS / (3 * vit_b_flops(432))

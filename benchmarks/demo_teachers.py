@@ -1,7 +1,10 @@
 """Cost of the demo's teachers: each teacher's forward, and a demo training step with and without the SAM teacher.
 
 Both variants are built from recipes/demo.yaml and timed in alternation in one process (so that load from other
-processes hits both alike); the ratio is printed last.
+processes hits both alike); the ratio is printed last. The batch is the demo's final stage (its partitions, e.g.
+24 x 128 px + 16 x 64 px, random images); the training step is benchmarks/_bench.train_step (every partition's
+teacher targets as training computes them, mosaic included; student forward/backward; AdamW), and the teacher
+forwards are timed on the first partition's images.
 
     PYTHONPATH=$PWD python benchmarks/demo_teachers.py [--rounds 5] [--threads 2]
 """
@@ -10,13 +13,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-import yaml
 
-import recipes
-import teachers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench
+
 from radio.train.module import DistillModule
 
 
@@ -26,13 +31,8 @@ def _module(model_cfg: dict, keep: set[str]) -> DistillModule:
     return DistillModule(**cfg)
 
 
-def _step(module: DistillModule, opt: torch.optim.Optimizer, images: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    loss, _ = module.distill_losses(images)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return time.perf_counter() - t0
+def _step(module: DistillModule, opt: torch.optim.Optimizer, batch: dict) -> float:
+    return _bench.timed(lambda: _bench.train_step(module, opt, batch))
 
 
 def main() -> None:
@@ -41,14 +41,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    cfg = yaml.safe_load(open(recipes.path("demo")))
-    res, bs = int(cfg["data"]["resolution"]), int(cfg["data"]["batch_size"])
+    print(_bench.machine())
+    cfg = _bench.demo_recipe()
+    parts = _bench.demo_stages()[-1]["partitions"]
+    g = torch.Generator().manual_seed(0)
+    batch = {"partitions": [{"image": torch.rand(p["batch_size"], 3, p["resolution"], p["resolution"], generator=g),
+                             "teachers": p.get("teachers"), "weight": float(p.get("weight", 1.0))} for p in parts]}
+    images = batch["partitions"][0]["image"]
+    bs, res = images.shape[0], images.shape[-1]
     grid = (res // cfg["model"]["student"]["patch_size"],) * 2
-    images = torch.rand(bs, 3, res, res, generator=torch.Generator().manual_seed(0))
 
-    print(f"teacher forwards, batch {bs} (threads {a.threads}):")
-    for spec in cfg["model"]["teachers"]:
-        t = teachers.build(spec)
+    names = {t["name"] for t in cfg["model"]["teachers"]}
+    variants = {"without sam": _module(cfg["model"], names - {"sam"}), "with sam": _module(cfg["model"], names)}
+    print(f"teacher forwards, batch {bs} at {res} px (threads {a.threads}):")
+    for spec in cfg["model"]["teachers"]:  # the teachers as the module built them
+        t = variants["with sam"].teachers[spec["name"]]
         x = torch.nn.functional.interpolate(images, t.resolution_for(grid), mode="bilinear")
         t(x)
         times = []
@@ -59,19 +66,18 @@ def main() -> None:
         print(f"  {spec['name']:8s} {statistics.median(times) * 1e3:7.1f} ms  input {tuple(x.shape[-2:])} "
               f"-> features {tuple(t(x[:1]).features.shape[1:])}")
 
-    names = {t["name"] for t in cfg["model"]["teachers"]}
-    variants = {"without sam": _module(cfg["model"], names - {"sam"}), "with sam": _module(cfg["model"], names)}
     opts = {k: torch.optim.AdamW(m.model.parameters(), lr=1e-4) for k, m in variants.items()}
     for k, m in variants.items():  # warm-up
         m.train()
-        _step(m, opts[k], images)
+        _step(m, opts[k], batch)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.rounds):
         for k, m in variants.items():
-            times[k].append(_step(m, opts[k], images))
+            times[k].append(_step(m, opts[k], batch))
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
-        print(f"training step {k:12s} {v * 1e3:7.1f} ms (median of {a.rounds})")
+        print(f"training step {k:12s} {v * 1e3:7.1f} ms (median of {a.rounds}, {_bench.stage_label(parts)})")
+    print(f"load average {_bench.load():.2f}")
     print(f"ratio with / without sam: {med['with sam'] / med['without sam']:.2f}")
 
 

@@ -4,11 +4,13 @@
 
 Side A is `radio fit` itself: the LightningCLI of `radio fit` (RadioCLI) built from recipes/demo.yaml, with its
 trainer (CSV logger every 5 steps, checkpoint callback, 32-true precision), DistillModule and ShardDataModule
-(webdataset shards, one loader worker), only without validation and the progress bar. Side B is a hand-written
-loop over the same model, teachers, optimizer (AdamW, same parameter groups, warm-up/cosine LambdaLR) and a
-DataLoader of the same datamodule: per partition the teachers' targets (no grad), the student's tokens, each
-adaptor against the normalized targets (MSE features after grid matching, 1 - cos summary), weighted sum,
-zero_grad / backward / step / scheduler step. Both sides train the same parameters in turns.
+(local shards read by random access in the seeded epoch order, one loader worker), only without validation and
+the progress bar; its per-step reliability work (step seeding, the non-finite-loss guard, data-health counts)
+is part of what it costs. Side B is a hand-written loop over the same model, teachers, optimizer (AdamW, same
+parameter groups, warm-up/cosine LambdaLR) and a DataLoader of the same datamodule: per partition the teachers'
+targets (no grad), the student's tokens, each adaptor against the normalized targets (MSE features after grid
+matching, 1 - cos summary), weighted sum, zero_grad / backward / step / scheduler step. Both sides train the same
+parameters in turns.
 
 The normalizers are estimated over the first 2 steps (a warm-up fit of 4 steps) and frozen afterwards, so both
 sides apply the same frozen PHI-S transforms. Then one `radio fit` run alternates: `--steps` Lightning steps, then
