@@ -201,8 +201,12 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Pat
     training = report.get("training")
     if training:
         lines += ["## Training", "", "| metric | first | last |", "|---|---|---|"]
-        for k, v in training.get("metrics", {}).items():
-            lines.append(f"| {k} | {_fmt(v['first'])} | {_fmt(v['last'])} |")
+        metrics = training.get("metrics", {})
+        for k, v in metrics.items():
+            if "@" not in k:  # per-resolution copies (`term@RES`) stay in report.json
+                lines.append(f"| {k} | {_fmt(v['first'])} | {_fmt(v['last'])} |")
+        if any("@" in k for k in metrics):
+            lines += ["", "Per-resolution terms (`NAME@RES`) are in report.json."]
         lines.append("")
     plots = report.get("plots", [])
     if plots:

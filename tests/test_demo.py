@@ -26,3 +26,7 @@ def test_demo_produces_a_report_with_knn_for_student_and_each_teacher(tmp_path):
         assert len(last) >= 2 and all(v["fidelity"] > 0 for v in last.values())
         assert max(v["fidelity"] for v in last.values()) > max(v["fidelity"] for v in first.values())
     assert "## Fidelity vs resolution" in text and (tmp_path / "demo" / "fidelity.png").stat().st_size > 10_000
+    # the markdown's training table keeps the headline terms; the per-resolution copies stay in report.json
+    table = text.split("## Training", 1)[1].split("\n## ", 1)[0]
+    assert "| train/loss |" in table and "@" not in table.replace("`NAME@RES`", "")
+    assert any("@" in k for k in report["training"]["metrics"])
