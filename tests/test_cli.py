@@ -5,7 +5,7 @@ import pytest
 
 from radio.cli.main import build_parser, main
 
-SUBCOMMANDS = [["demo"], ["data"], ["data", "synth"], ["data", "pack"], ["cache"], ["export"], ["eval"],
+SUBCOMMANDS = [["demo"], ["validate"], ["data"], ["data", "synth"], ["data", "pack"], ["cache"], ["export"], ["eval"],
                ["eval", "knn"]]
 
 
@@ -20,7 +20,7 @@ def test_help_works_everywhere(cmd, capsys):
 
 def test_top_level_help_lists_every_subcommand():
     text = build_parser().format_help()
-    for name in ("demo", "data", "fit", "cache", "export", "eval"):
+    for name in ("demo", "data", "fit", "validate", "cache", "export", "eval"):
         assert name in text
 
 

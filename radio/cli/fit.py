@@ -62,6 +62,7 @@ class RadioCLI(LightningCLI):
         self._safe_loading()
 
     def before_validate(self) -> None:
+        self._check_built()
         self._safe_loading()
 
 

@@ -9,6 +9,8 @@ from radio.cli.eval_cmd import add_eval_parser
 
 FIT_HELP = ("distill with a recipe (LightningCLI): radio fit --config RECIPE [--key value ...]; "
             "see `radio fit --help`")
+VALIDATE_HELP = ("validation of a checkpoint with the same recipe (losses, fidelity and cos-error per teacher at "
+                 "model.validation.resolutions): radio validate --config RECIPE --ckpt_path CKPT")
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk.set_defaults(func=_cmd_pack)
 
     sub.add_parser("fit", help=FIT_HELP, add_help=False)
+    sub.add_parser("validate", help=VALIDATE_HELP, add_help=False)
 
     c = sub.add_parser("cache", help="run a recipe's teachers once and write feature shards")
     c.add_argument("--config", required=True, help="recipe YAML")
@@ -172,11 +175,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from radio.train.validate import ConfigError
 
     try:
-        if argv and argv[0] == "fit":
+        if argv and argv[0] in ("fit", "validate"):
             from radio.cli.fit import UnsafeCheckpointError, run_fit
 
             try:
-                run_fit(argv[1:])
+                run_fit(argv[1:], subcommand=argv[0])
             except UnsafeCheckpointError as e:
                 print(f"radio: error: {e}", file=sys.stderr)
                 return 2
