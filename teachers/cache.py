@@ -121,6 +121,7 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
         batch.clear()
 
     shard_map = {}
+    skipped_keys: dict[str, list[str]] = {}  # feature shard name -> keys of its image shard that were not cached
     for url in urls:
         dst = out / names[url]
         shard_map[url] = str(dst)
@@ -132,6 +133,7 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
                     s = decode_sample(raw)
                 except Exception as e:
                     errors(e)
+                    skipped_keys.setdefault(names[url], []).append(str(raw.get("__key__")))
                     continue
                 keys.append(s.key)
                 batch.append(tf(s.image))
@@ -150,6 +152,7 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
         "grid": shapes.get("features", [None, None, None])[1:], "region": region._asdict(),
         "features_shape": shapes.get("features"), "summary_shape": shapes.get("summary"),
         "dtype": dtype, "count": n, "skipped": errors.total, "skipped_examples": errors.examples,
+        "skipped_keys": skipped_keys,
         "bytes_per_image": total_bytes / max(1, n), "bytes_total": total_bytes,
         "source_shards": urls, "shards": shard_map,
         "source_bytes": {names[u]: os.path.getsize(u) for u in urls if os.path.isfile(u)},

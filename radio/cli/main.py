@@ -173,6 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from radio.export import ExportError
     from radio.train.guard import NonFiniteLossError
     from radio.train.validate import ConfigError
+    from teachers.cache import CacheMismatchError
 
     try:
         if argv and argv[0] in ("fit", "validate"):
@@ -186,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except (ConfigError, ExportError, FileNotFoundError) as e:
+    except (ConfigError, ExportError, CacheMismatchError, FileNotFoundError) as e:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2
     except (BadDataError, NonFiniteLossError) as e:  # the run stopped itself; the message says why and where

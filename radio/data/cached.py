@@ -34,10 +34,11 @@ quarter of the samples train the summary heads by default); the other samples ca
 is the mean over the samples that do). `summary: approximate` uses the canvas summary for every crop and flip.
 
 Nothing is filled in. A cache written for another teacher, architecture, patch size, resolution or format, or a
-training shard without its feature shard, is an error naming meta.json or the shard, before any compute. A
-single sample whose cached record is missing (the writer skipped it, or its feature shard is damaged) or
-malformed (an array of the wrong shape, an undecodable member) is bad data: `FeatureError` names the feature
-shard and the key, and the sample is skipped and counted like an undecodable image (radio.data.health).
+training shard without its feature shard, or a key that an intact feature shard lacks although the writer did not
+skip it (meta.json `skipped_keys`), is an error naming meta.json, the shard or the key, before any compute. A
+single sample whose cached record the writer skipped (its image did not decode), was lost to damage of its feature
+shard, or is malformed (an array of the wrong shape, an undecodable member) is bad data: `FeatureError` names the
+feature shard and the key, and the sample is skipped and counted like an undecodable image (radio.data.health).
 Records are read by random access beside their images (radio.data.feature_index). Validation still runs the
 teachers online.
 """

@@ -4,16 +4,20 @@
 order, less the images it could not decode). The feature shards are scanned like the image shards
 (radio.data.index, a sample needs a `features.npy` member) and each image sample is joined to its record by
 (shard, key), so any rank or loader worker reads exactly the records of the samples the epoch order gives it.
-A key that a feature shard lacks, or lost to a fault of that shard (a truncated or corrupt tar, also reported as
-a Fault), reads as `MissingFeatures`: the sample is then skipped and counted, never filled in.
+A key lost to a fault of its feature shard (a truncated or corrupt tar, a record without features, reported as a
+Fault) or one that `radio cache` skipped (its image did not decode; meta.json `skipped_keys`) reads as
+`MissingFeatures`: the sample is then skipped and counted, never filled in. Any other key that an intact feature
+shard lacks means the cache was not written from these image shards: `CacheMismatchError` before any compute,
+naming the feature shard and the key.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import numpy as np
 
-from radio.data.cached import CacheLayout, MissingFeatures
+from radio.data.cached import CacheLayout, CacheMismatchError, MissingFeatures
 from radio.data.health import Fault
 from radio.data.index import ShardIndex
 from radio.data.shards import SampleError
@@ -61,6 +65,26 @@ class FeatureIndex:
             idx = ShardIndex.build(urls, cache_dir, progress=progress, required=FEATURE_MEMBERS)
             self.indexes[name], self.rows[name] = idx, join_rows(images, idx)
             self.faults += idx.faults
+            self._check_unexplained(name, t.directory, t.meta, idx)
+
+    def _check_unexplained(self, name: str, directory: str, meta: dict, idx: ShardIndex) -> None:
+        """Refuse records missing from an intact feature shard that `radio cache` did not skip."""
+        if "skipped_keys" not in meta:  # a cache written before the writer recorded them: all read as missing
+            return
+        skipped = {(shard, key) for shard, keys in meta["skipped_keys"].items() for key in keys}
+        faulted = {(f.shard, f.key) for f in idx.faults}
+        bad = []
+        for i in np.flatnonzero(self.rows[name] < 0).tolist():
+            shard, key = idx.urls[int(self.image_shard[i])], str(self.image_keys[i])
+            if (shard, "") in faulted or (shard, key) in faulted or (os.path.basename(shard), key) in skipped:
+                continue
+            bad.append((shard, key))
+        if bad:
+            shard, key = bad[0]
+            raise CacheMismatchError(
+                f"feature cache {directory} ({name}): {len(bad)} training sample(s) have no cached record although "
+                f"their feature shard is intact and `radio cache` did not skip them, e.g. key {key!r} of {shard}; "
+                "the cache was written from other image shards, or the shards changed since: rerun `radio cache`")
 
     def missing(self, name: str) -> int:
         """Image samples without a record of teacher `name`."""

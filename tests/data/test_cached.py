@@ -185,29 +185,28 @@ def test_the_module_refuses_a_cache_of_other_teachers(synth_dir, cached):
 
 
 def test_bad_cached_records_skip_their_samples_and_are_counted_with_shard_and_key(tmp_path, caplog):
-    """A key missing from a feature shard, a features array of the wrong shape and a feature shard cut in half:
-    over one epoch each affected sample is skipped once and named; every other sample is trained on."""
+    """A features array of the wrong shape and a feature shard cut in half: over one epoch each affected sample is
+    skipped once and named; every other sample is trained on."""
     write_synth(tmp_path / "data", 24, val_count=0, size=64, shard_size=12, progress=False)
     cache_teachers([copy.deepcopy(TINY_DINO)], str(tmp_path / "data" / "train"), tmp_path / "cache", (4, 4),
                    progress=False)
     shard0, shard1 = (tmp_path / "cache" / "dino_v2" / f"00000{i}.tar" for i in (0, 1))
     with tarfile.open(shard0) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    gone, wrong = (members[i][0].name.split(".")[0] for i in (4, 10))
+    wrong = members[10][0].name.split(".")[0]
     with tarfile.open(shard0, "w") as tar:
         for m, data in members:
             if m.name.startswith(wrong + ".") and m.name.endswith("features.npy"):
                 buf = io.BytesIO()
                 np.save(buf, np.zeros((48, 3, 4), np.float16))
                 m.size, data = len(buf.getvalue()), buf.getvalue()
-            if not m.name.startswith(gone + "."):
-                tar.addfile(m, io.BytesIO(data))
+            tar.addfile(m, io.BytesIO(data))
     shard1.write_bytes(shard1.read_bytes()[: shard1.stat().st_size // 2])
     kept1 = set(scan_shard(str(shard1), ("features.npy",)).keys.tolist())
     keys1 = [k for k in ShardIndex.build(resolve_shards(str(tmp_path / "data" / "train")), progress=False).keys
              if k not in {m.name.split(".")[0] for m, _ in members}]
     assert 0 < len(kept1) < 12 == len(keys1)
-    expected = {("MissingFeatures", str(shard0), gone), ("FeatureError", str(shard0), wrong)}
+    expected = {("FeatureError", str(shard0), wrong)}
     expected |= {("MissingFeatures", str(shard1), k) for k in keys1 if k not in kept1}
 
     dm = ShardDataModule(str(tmp_path / "data" / "train"), resolution=64, batch_size=8, num_workers=0,
@@ -229,3 +228,51 @@ def test_bad_cached_records_skip_their_samples_and_are_counted_with_shard_and_ke
     for b in batches:
         p = b["partitions"][0]
         assert p["image"].shape[0] == len(p["key"]) == len(p["cached"]["dino_v2"].features) == p["crop"].shape[0]
+
+
+def _drop_record(shard, key) -> None:
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            if not m.name.startswith(key + "."):
+                tar.addfile(m, io.BytesIO(data))
+
+
+def test_a_key_missing_from_an_intact_feature_shard_is_an_error_before_compute(tmp_path):
+    write_synth(tmp_path / "data", 24, val_count=0, size=64, shard_size=12, progress=False)
+    cache_teachers([copy.deepcopy(TINY_DINO)], str(tmp_path / "data" / "train"), tmp_path / "cache", (4, 4),
+                   progress=False)
+    shard = tmp_path / "cache" / "dino_v2" / "000001.tar"
+    key = scan_shard(str(shard), ("features.npy",)).keys.tolist()[5]
+    _drop_record(shard, key)
+    dm = ShardDataModule(str(tmp_path / "data" / "train"), resolution=64, batch_size=8, num_workers=0,
+                         cache={"dir": str(tmp_path / "cache")})
+    with pytest.raises(CacheMismatchError, match=f"1 training sample.*'{key}' of {shard}.*rerun `radio cache`"):
+        dm.setup("fit")
+
+
+def test_a_key_the_cache_writer_skipped_is_bad_data_not_an_error(tmp_path):
+    """An image that does not decode is skipped by `radio cache` (meta.json names it) and, in training, skipped
+    and counted once like any bad image."""
+    write_synth(tmp_path / "data", 24, val_count=0, size=64, shard_size=12, progress=False)
+    src = tmp_path / "data" / "train" / "000000.tar"
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    broken = members[0][0].name.split(".")[0]
+    with tarfile.open(src, "w") as tar:
+        for m, data in members:
+            if m.name.startswith(broken + ".") and m.name.endswith(".png") and not m.name.endswith(".seg.png"):
+                m.size, data = 64, b"\x89PNG" + bytes(60)
+            tar.addfile(m, io.BytesIO(data))
+    meta = cache_teachers([copy.deepcopy(TINY_DINO)], str(tmp_path / "data" / "train"), tmp_path / "cache", (4, 4),
+                          progress=False)["dino_v2"]
+    assert meta["skipped_keys"] == {"000000.tar": [broken]} and meta["count"] == 23
+    dm = ShardDataModule(str(tmp_path / "data" / "train"), resolution=64, batch_size=8, num_workers=0,
+                         cache={"dir": str(tmp_path / "cache")})
+    dm.setup("fit")
+    batches = [dm.on_before_batch_transfer(b, 0) for _, b in zip(range(3), dm.train_dataloader())]  # 1 epoch
+    faults = [(f["kind"], f["shard"], f["key"]) for b in batches for f in b["data"]["faults"]]
+    assert faults == [("SampleError", str(src), broken)]  # the image is what is bad
+    trained = [k for b in batches for k in b["partitions"][0]["key"]]
+    assert len(trained) == len(set(trained)) == 23 and broken not in trained
