@@ -91,6 +91,18 @@ def test_real_recipe_prints_its_resolved_config(capsys):
         assert key in out, key
 
 
+def test_multinode_overlay_resolves_on_top_of_the_base_recipe(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_fit(["--config", str(recipes.path("radio-v2.5-b")), "--config",
+                 str(recipes.path("radio-v2.5-b-multinode")), "--print_config"])
+    assert e.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    overlay = yaml.safe_load(recipes.path("radio-v2.5-b-multinode").read_text())
+    assert cfg["trainer"]["num_nodes"] == overlay["trainer"]["num_nodes"] > 1
+    assert cfg["trainer"]["strategy"] == "ddp" and cfg["trainer"]["devices"] == overlay["trainer"]["devices"]
+    assert [t["name"] for t in cfg["model"]["teachers"]] == ["clip", "siglip", "dino_v2", "sam"]  # base kept
+
+
 def test_unknown_keys_in_a_plain_recipe_are_named(synth_dir, tmp_path):
     r = tiny_recipe(str(synth_dir / "train"), None, tmp_path)
     r["trainr"] = {}
