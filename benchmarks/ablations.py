@@ -11,9 +11,11 @@ B. Resolution: single-resolution training at 128 px, at 64 px, and multi-resolut
    of a run's fidelity to the best run's at that resolution (1 = never beaten; the mode-switch measure).
 
 Every run starts from recipes/demo.yaml and changes only what the ablation names. Fidelity is measured on the
-validation split at the end (and half way, to show it rising).
+validation split at the end (and half way, to show it rising). Runs are repeatable (seeded epoch order); `--seed`
+changes the student's initialisation and the data order and augmentation together (the teachers keep their own
+seeds), to see how much of a difference between runs is the seed.
 
-    PYTHONPATH=$PWD python benchmarks/ablations.py [--steps 150] [--only A|B] [--a-resolution 64]
+    PYTHONPATH=$PWD python benchmarks/ablations.py [--steps 150] [--only A|B] [--a-resolution 64] [--seed 0]
         [--out runs/ablations]
 """
 from __future__ import annotations
@@ -33,8 +35,9 @@ import recipes
 EVAL_RES = [64, 96, 128, 160, 192]
 
 
-def base_recipe(data: Path, root: Path, steps: int) -> dict[str, Any]:
+def base_recipe(data: Path, root: Path, steps: int, seed: int = 0) -> dict[str, Any]:
     r = yaml.safe_load(recipes.path("demo").read_text())
+    r["seed_everything"] = seed  # the student's initialisation
     t = r["trainer"]
     t.update(max_steps=steps, val_check_interval=steps // 2, enable_progress_bar=False, enable_model_summary=False,
              default_root_dir=str(root), limit_val_batches=4)
@@ -42,7 +45,7 @@ def base_recipe(data: Path, root: Path, steps: int) -> dict[str, Any]:
     t["callbacks"] = []
     t["enable_checkpointing"] = False
     r["data"].update(shards=str(data / "train"), val_shards=str(data / "val"), val_resolution=max(EVAL_RES),
-                     val_batch_size=32)
+                     val_batch_size=32, seed=seed)  # the epoch order and augmentation
     r["model"]["validation"] = {"resolutions": EVAL_RES}
     r["model"]["normalization"] = {"estimate_steps": max(1, steps // 3)}
     return r
@@ -64,9 +67,10 @@ def with_stages(r: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, An
     return r
 
 
-def runs(data: Path, out: Path, steps: int, only: str | None, a_res: int) -> dict[str, dict[str, Any]]:
+def runs(data: Path, out: Path, steps: int, only: str | None, a_res: int,
+         seed: int = 0) -> dict[str, dict[str, Any]]:
     plan: dict[str, dict[str, Any]] = {}
-    base = lambda name: base_recipe(data, out / name, steps)  # noqa: E731
+    base = lambda name: base_recipe(data, out / name, steps, seed)  # noqa: E731
     if only in (None, "A"):
         single = [{"partitions": [{"resolution": a_res, "batch_size": 32}]}]
         for norm in ("none", "global_std", "channel_std", "pca_whiten", "phis"):
@@ -141,6 +145,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--a-resolution", type=int, default=64, choices=EVAL_RES)
     ap.add_argument("--count", type=int, default=1000, help="training images (validation: count / 4)")
+    ap.add_argument("--seed", type=int, default=0, help="student initialisation and data seed (default 0)")
     ap.add_argument("--tables", action="store_true", help="only print the tables of earlier results in --out")
     a = ap.parse_args()
     out = Path(a.out).resolve()
@@ -156,7 +161,7 @@ def main() -> None:
     data = out / "data"
     if not (data / "info.json").is_file():
         write_synth(data, a.count, progress=False)
-    plan = runs(data, out, a.steps, a.only, a.a_resolution)
+    plan = runs(data, out, a.steps, a.only, a.a_resolution, a.seed)
     results = []
     for name, recipe in plan.items():
         print(f"== {name}", flush=True)
