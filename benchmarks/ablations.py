@@ -16,6 +16,7 @@ changes the student's initialisation and the data order and augmentation togethe
 seeds), to see how much of a difference between runs is the seed.
 
     PYTHONPATH=$PWD python benchmarks/ablations.py [--steps 150] [--only A|B] [--a-resolution 64] [--seed 0]
+        [--estimate-steps N]
         [--out runs/ablations]
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ import recipes
 EVAL_RES = [64, 96, 128, 160, 192]
 
 
-def base_recipe(data: Path, root: Path, steps: int, seed: int = 0) -> dict[str, Any]:
+def base_recipe(data: Path, root: Path, steps: int, seed: int = 0,
+                estimate_steps: int | None = None) -> dict[str, Any]:
     r = yaml.safe_load(recipes.path("demo").read_text())
     r["seed_everything"] = seed  # the student's initialisation
     t = r["trainer"]
@@ -47,7 +49,7 @@ def base_recipe(data: Path, root: Path, steps: int, seed: int = 0) -> dict[str, 
     r["data"].update(shards=str(data / "train"), val_shards=str(data / "val"), val_resolution=max(EVAL_RES),
                      val_batch_size=32, seed=seed)  # the epoch order and augmentation
     r["model"]["validation"] = {"resolutions": EVAL_RES}
-    r["model"]["normalization"] = {"estimate_steps": max(1, steps // 3)}
+    r["model"]["normalization"] = {"estimate_steps": estimate_steps or max(1, steps // 3)}
     return r
 
 
@@ -68,9 +70,9 @@ def with_stages(r: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, An
 
 
 def runs(data: Path, out: Path, steps: int, only: str | None, a_res: int,
-         seed: int = 0) -> dict[str, dict[str, Any]]:
+         seed: int = 0, estimate_steps: int | None = None) -> dict[str, dict[str, Any]]:
     plan: dict[str, dict[str, Any]] = {}
-    base = lambda name: base_recipe(data, out / name, steps, seed)  # noqa: E731
+    base = lambda name: base_recipe(data, out / name, steps, seed, estimate_steps)  # noqa: E731
     if only in (None, "A"):
         single = [{"partitions": [{"resolution": a_res, "batch_size": 32}]}]
         for norm in ("none", "global_std", "channel_std", "pca_whiten", "phis"):
@@ -146,6 +148,8 @@ def main() -> None:
     ap.add_argument("--a-resolution", type=int, default=64, choices=EVAL_RES)
     ap.add_argument("--count", type=int, default=1000, help="training images (validation: count / 4)")
     ap.add_argument("--seed", type=int, default=0, help="student initialisation and data seed (default 0)")
+    ap.add_argument("--estimate-steps", type=int, default=None,
+                    help="steps over which the normalizers estimate their statistics (default: steps // 3)")
     ap.add_argument("--tables", action="store_true", help="only print the tables of earlier results in --out")
     a = ap.parse_args()
     out = Path(a.out).resolve()
@@ -161,7 +165,7 @@ def main() -> None:
     data = out / "data"
     if not (data / "info.json").is_file():
         write_synth(data, a.count, progress=False)
-    plan = runs(data, out, a.steps, a.only, a.a_resolution, a.seed)
+    plan = runs(data, out, a.steps, a.only, a.a_resolution, a.seed, a.estimate_steps)
     results = []
     for name, recipe in plan.items():
         print(f"== {name}", flush=True)
