@@ -133,3 +133,12 @@ def assert_same_outputs(a: RADIOModel, b, x: torch.Tensor, adaptors=NAMES) -> No
                 assert (ra[n].summary is None) == (rb[n].summary is None)
                 if ra[n].summary is not None:
                     assert torch.equal(ra[n].summary, rb[n].summary)
+
+
+def fit_tiny(synth_dir: Path, root: Path, steps: int):
+    """(recipe path, LightningCLI) of a `radio fit` of tiny_recipe on the synth data, validated on its val split."""
+    from radio.cli.fit import run_fit
+
+    recipe = write_recipe(tiny_recipe(str(synth_dir / "train"), str(synth_dir / "val"), root, steps=steps),
+                          root / "recipe.yaml")
+    return recipe, run_fit(["--config", str(recipe)])

@@ -9,15 +9,13 @@ from radio.cli.fit import run_fit
 from radio.export import export_checkpoint, load, read_checkpoint
 from radio.model.radio_model import FORMAT_VERSION
 from radio.train.validate import ConfigError
-from tests.helpers import TINY_CLIP, TINY_DINO, tiny_recipe, write_recipe
+from tests.helpers import TINY_CLIP, TINY_DINO, fit_tiny, tiny_recipe, write_recipe
 
 
 @pytest.fixture(scope="module")
 def fitted(synth_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
-    recipe = write_recipe(tiny_recipe(str(synth_dir / "train"), str(synth_dir / "val"), root, steps=40),
-                          root / "recipe.yaml")
-    cli = run_fit(["--config", str(recipe)])
+    _, cli = fit_tiny(synth_dir, root, steps=40)
     return cli, root
 
 

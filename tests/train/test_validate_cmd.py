@@ -4,15 +4,12 @@ import torch
 
 from radio.cli.fit import run_fit
 from radio.cli.main import main
-from tests.helpers import tiny_recipe, write_recipe
+from tests.helpers import fit_tiny
 
 
 @pytest.fixture(scope="module")
 def fitted(synth_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("validate_cmd")
-    recipe = write_recipe(tiny_recipe(str(synth_dir / "train"), str(synth_dir / "val"), root, steps=6),
-                          root / "recipe.yaml")
-    cli = run_fit(["--config", str(recipe)])
+    recipe, cli = fit_tiny(synth_dir, tmp_path_factory.mktemp("validate_cmd"), steps=6)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     return recipe, cli.trainer.checkpoint_callback.last_model_path, metrics
 
