@@ -7,6 +7,7 @@ callback gets `radio.train.callbacks.RadioCheckpoint` (atomic writes, the last K
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import warnings
 from typing import Any, Optional, Sequence
@@ -19,6 +20,16 @@ from radio.data.datamodule import ShardDataModule
 from radio.train.callbacks import RadioCheckpoint
 from radio.train.module import DistillModule
 from radio.train.validate import ConfigError, teacher_grid_errors, validate_recipe
+
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's product tips ("Tip: ... try installing litlogger") from every run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 class UnsafeCheckpointError(RuntimeError):
