@@ -184,7 +184,7 @@ def fidelity_table(student_dir: Path, cases: list[Case], count: int) -> list[dic
     import radio
     import teachers as teacher_lib
     from radio.losses import fidelity, match_grids, tokens_to_grid
-    from radio.train.module import resize_images
+    from radio.data.transforms import resize_images
 
     model = radio.load(student_dir)
     specs = model.provenance.get("teacher_specs") or []

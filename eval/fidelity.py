@@ -3,7 +3,7 @@
 Per teacher and student resolution r (a multiple of the student's patch size): the student runs at r x r and maps
 its tokens through the teacher's adaptor (into the teacher's own space); a dense teacher runs at the resolution
 that gives the same patch grid (r x p_teacher / p_student), a fixed-size teacher (CLIP-like) at its native size;
-teacher features are bilinearly resized to the student grid. Over all images and positions:
+teacher features are resized to the student grid as the training validation does (radio.data.transforms). Over all images and positions:
     fidelity = mean_c Var(teacher_c) / MSE(student, teacher)     (higher is better; 1 = predicting the means)
     cos_error = 1 - mean cosine(student, teacher) over positions, summary_cos_error likewise on summaries.
 A student that mode-switches holds fidelity at its training resolutions and loses it elsewhere.
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from radio.data.transforms import eval_transform
+from radio.data.transforms import eval_transform, resize_grid, resize_images
 
 
 @dataclass
@@ -57,20 +57,6 @@ class FidelityStats:
         if self.summary_cos:
             out["summary_cos_error"] = 1.0 - sum(self.summary_cos) / len(self.summary_cos)
         return out
-
-
-def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Images (B, 3, H, W) in [0, 1] to `size`, antialiased bilinear (as the training loop feeds teachers)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-
-
-def to_grid(features: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Teacher features (B, C, h, w) bilinearly resized to the student grid (align_corners=True, as in training)."""
-    if tuple(features.shape[-2:]) == tuple(grid):
-        return features
-    return F.interpolate(features, size=grid, mode="bilinear", align_corners=True)
 
 
 def default_resolutions(step: int, patches: Sequence[int] = (4, 6, 8, 12, 16, 24, 32)) -> list[int]:
@@ -112,8 +98,8 @@ def fidelity_sweep(model, teachers: dict[str, Any], images: Sequence[Image.Image
             pred = model(x, adaptors=list(teachers), feature_fmt="NCHW")
             grid = (r // step, r // step)
             for name, teacher in teachers.items():
-                target = teacher(resize(x, teacher.resolution_for(grid)))
-                stats[name].update(pred[name].features.float(), to_grid(target.features.float(), grid))
+                target = teacher(resize_images(x, teacher.resolution_for(grid)))
+                stats[name].update(pred[name].features.float(), resize_grid(target.features.float(), grid))
                 if pred[name].summary is not None and target.summary is not None:
                     cos = F.cosine_similarity(pred[name].summary.float(), target.summary.float(), dim=1)
                     stats[name].summary_cos.extend(cos.tolist())

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from radio.data.cached import CachedTargets
+from radio.data.transforms import resize_grid, resize_images
 from radio.losses import summary_cosine_loss
 from radio.mosaic import MosaicPlan, mosaic_features, plan_mosaic
 from teachers.base import Teacher
@@ -29,21 +29,6 @@ class Targets(NamedTuple):
     features: Tensor
     mosaic: bool
     summary_valid: Optional[Tensor] = None
-
-
-def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (antialiased) resize of (B, 3, H, W) images in [0, 1]; a no-op at the same size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-
-
-def resize_grid(x: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Bilinear resize of a (B, C, h, w) feature grid (antialiased when shrinking); a no-op at the same size."""
-    if tuple(x.shape[-2:]) == tuple(grid):
-        return x
-    shrink = grid[0] < x.shape[-2] or grid[1] < x.shape[-1]
-    return F.interpolate(x, size=grid, mode="bilinear", align_corners=False, antialias=shrink)
 
 
 def mosaic_plan(teacher: Teacher, grid: tuple[int, int]) -> Optional[MosaicPlan]:
