@@ -3,7 +3,8 @@
 Per teacher and student resolution r (a multiple of the student's patch size): the student runs at r x r and maps
 its tokens through the teacher's adaptor (into the teacher's own space); a dense teacher runs at the resolution
 that gives the same patch grid (r x p_teacher / p_student), a fixed-size teacher (CLIP-like) at its native size;
-teacher features are resized to the student grid as the training validation does (radio.data.transforms). Over all images and positions:
+teacher features are resized to the student grid as the training validation does (radio.data.transforms).
+Over all images and positions:
     fidelity = mean_c Var(teacher_c) / MSE(student, teacher)     (higher is better; 1 = predicting the means)
     cos_error = 1 - mean cosine(student, teacher) over positions, summary_cos_error likewise on summaries.
 A student that mode-switches holds fidelity at its training resolutions and loses it elsewhere.
