@@ -204,9 +204,12 @@ class ShardIndex:
         """Raw sample i as webdataset gives it: {"__key__", "__url__", ext: bytes, ...}; SampleError if unreadable."""
         url = self.urls[int(self.shard[i])]
         start, end = int(self.start[i]), int(self.end[i])
-        f = self._file(url)
-        f.seek(start)
-        data = f.read(end - start)
+        try:
+            f = self._file(url)
+            f.seek(start)
+            data = f.read(end - start)
+        except OSError as e:  # the shard went away or its storage failed since the scan
+            raise SampleError(f"cannot read {end - start} bytes at offset {start}: {e}", url, None) from e
         if len(data) != end - start:
             raise SampleError(f"short read: {len(data)} of {end - start} bytes at offset {start}", url, None)
         raw: dict[str, Any] = {"__url__": url}

@@ -144,7 +144,11 @@ def decode_sample(raw: dict[str, Any], need_mask: bool = False) -> Sample:
             meta = json.loads(raw["json"])
         except Exception as e:
             raise SampleError(f"bad json member: {e}", url, key) from e
-    label = int(meta.get("label", -1)) if isinstance(meta, dict) else -1
+    try:
+        label = int(meta.get("label", -1)) if isinstance(meta, dict) else -1
+    except (TypeError, ValueError) as e:
+        raise SampleError(f"json member: 'label' must be an integer class index, got {meta.get('label')!r}",
+                          url, key) from e
     mask = None
     if need_mask:
         if "seg.png" not in raw:

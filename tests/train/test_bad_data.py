@@ -125,3 +125,25 @@ def test_sample_without_image_is_found_by_the_scan(synth_dir, tmp_path):
     dm.setup("fit")
     assert len(dm.index) == 159
     assert [(f.kind, f.key) for f in dm.health.all()] == [("MissingImage", drop)]
+
+
+def test_a_label_that_is_not_an_integer_is_bad_data_named_by_shard_and_key(synth_dir, tmp_path):
+    src = sorted((synth_dir / "train").glob("*.tar"))[0]
+    bad = "train-00000007"
+
+    def relabel(name, data):
+        if name == f"{bad}.json":
+            meta = json.loads(data)
+            meta["label"] = "cat"
+            data = json.dumps(meta).encode()
+        return [(name, data)]
+
+    _rewrite(src, tmp_path / "000000.tar", relabel)
+    dm = ShardDataModule(str(tmp_path), resolution=32, batch_size=8, num_workers=0)
+    dm.setup("fit")
+    batches = [dm.on_before_batch_transfer(b, 0) for _, b in zip(range(10), dm.train_dataloader())]  # 1 epoch
+    faults = [f for b in batches for f in b["data"]["faults"]]
+    assert [(f["kind"], f["shard"], f["key"]) for f in faults] == [("SampleError", str(tmp_path / "000000.tar"), bad)]
+    assert "'label' must be an integer" in faults[0]["message"] and "'cat'" in faults[0]["message"]
+    trained = [k for b in batches for p in b["partitions"] for k in p["key"]]
+    assert len(trained) == len(set(trained)) == 79 and bad not in trained
