@@ -107,6 +107,11 @@ def strategy_errors(trainer: Any) -> list[str]:
     devices = _get(trainer, "devices", "auto")
     if isinstance(devices, int) and (devices == 0 or devices < -1):
         errors.append(f"trainer.devices: must be a positive count, -1, a list or 'auto', got {devices}")
+    accumulate = _get(trainer, "accumulate_grad_batches", 1)
+    if accumulate not in (None, 1):
+        errors.append(f"trainer.accumulate_grad_batches: must be 1, got {accumulate!r}; the stage schedule, the "
+                      "normalizer estimation and the non-finite guard count optimizer steps as batches: raise the "
+                      "partitions' batch_size or trainer.devices instead")
     return errors
 
 

@@ -127,6 +127,8 @@ def test_fsdp_on_the_cpu_and_bad_fraction_fail_before_compute(synth_dir, tmp_pat
     _expect(r, tmp_path, monkeypatch, "(FSDP) needs GPUs")
     r["trainer"]["strategy"] = "dpp"
     _expect(r, tmp_path, monkeypatch, "trainer.strategy: unknown strategy 'dpp'")
+    r["trainer"].update(strategy="auto", devices=1, accumulate_grad_batches=4)
+    _expect(r, tmp_path, monkeypatch, "trainer.accumulate_grad_batches: must be 1, got 4")
 
 
 def test_an_empty_shard_set_fails_before_compute(tmp_path, monkeypatch):
