@@ -103,6 +103,22 @@ def _coerce_stage(s: Any, i: int) -> StageConfig:
     return StageConfig(out, steps)
 
 
+def resolution_errors(field: str, res: Any, patch: Optional[int], max_res: Optional[int]) -> list[str]:
+    """Problems of one resolution field: a positive int, a multiple of the patch size, within the maximum."""
+    if not isinstance(res, int) or isinstance(res, bool) or res < 1:
+        return [f"{field}: must be a positive number of pixels, got {res!r}"]
+    if patch and res % patch:
+        lo, hi = max(patch, res // patch * patch), -(-res // patch) * patch
+        return [f"{field}: {res} is not a multiple of the student's patch size {patch} (nearest valid: {lo} or {hi})"]
+    if max_res and res > max_res:
+        return [f"{field}: {res} exceeds model.student.max_resolution {max_res}"]
+    return []
+
+
+def _count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
 def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resolution: Optional[int] = None,
                     teacher_names: Optional[list[str]] = None) -> list[str]:
     """Problems of a stage list, each naming its field (empty when the schedule is valid)."""
@@ -113,27 +129,22 @@ def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resoluti
     for i, s in enumerate(stages):
         where = f"data.stages[{i}]"
         steps = get(s, "steps")
-        if i < len(stages) - 1 and (steps is None or steps < 1):
-            errors.append(f"{where}.steps: every stage but the last needs steps >= 1, got {steps}")
-        elif steps is not None and steps < 1:
-            errors.append(f"{where}.steps: must be >= 1, got {steps}")
+        if i < len(stages) - 1 and not _count(steps):
+            errors.append(f"{where}.steps: every stage but the last needs an integer steps >= 1, got {steps!r}")
+        elif steps is not None and not _count(steps):
+            errors.append(f"{where}.steps: must be an integer >= 1, got {steps!r}")
         parts = get(s, "partitions") or []
         if not parts:
             errors.append(f"{where}.partitions: at least one partition is needed")
         for j, p in enumerate(parts):
             pw = f"{where}.partitions[{j}]"
             res, bs, names = get(p, "resolution"), get(p, "batch_size"), get(p, "teachers")
-            if res is None or res < 1:
-                errors.append(f"{pw}.resolution: must be a positive number of pixels, got {res}")
-            elif patch and res % patch:
-                lo, hi = max(patch, res // patch * patch), -(-res // patch) * patch
-                errors.append(f"{pw}.resolution: {res} is not a multiple of the student's patch size {patch} "
-                              f"(nearest valid: {lo} or {hi})")
-            elif max_resolution and res > max_resolution:
-                errors.append(f"{pw}.resolution: {res} exceeds model.student.max_resolution {max_resolution}")
-            if bs is None or bs < 1:
-                errors.append(f"{pw}.batch_size: must be >= 1, got {bs}")
-            if names is not None:
+            errors += resolution_errors(f"{pw}.resolution", res, patch, max_resolution)
+            if not _count(bs):
+                errors.append(f"{pw}.batch_size: must be an integer >= 1, got {bs!r}")
+            if names is not None and not isinstance(names, (list, tuple)):
+                errors.append(f"{pw}.teachers: must be a list of teacher names, got {names!r}")
+            elif names is not None:
                 if not names:
                     errors.append(f"{pw}.teachers: empty list; omit it to use every teacher")
                 for n in names:
@@ -141,6 +152,6 @@ def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resoluti
                         errors.append(f"{pw}.teachers: {n!r} is not a teacher of this recipe "
                                       f"({', '.join(teacher_names)})")
             w = get(p, "weight")
-            if w is not None and w < 0:
+            if w is not None and (not isinstance(w, (int, float)) or w < 0):
                 errors.append(f"{pw}.weight: must be >= 0, got {w}")
     return errors

@@ -31,17 +31,6 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
-def _resolution_errors(field: str, res: Any, patch: int, max_res: int) -> list[str]:
-    if not isinstance(res, int) or res < 1:
-        return [f"{field}: must be a positive number of pixels, got {res!r}"]
-    if patch and res % patch:
-        lo, hi = max(patch, res // patch * patch), -(-res // patch) * patch
-        return [f"{field}: {res} is not a multiple of the student's patch size {patch} (nearest valid: {lo} or {hi})"]
-    if max_res and res > max_res:
-        return [f"{field}: {res} exceeds model.student.max_resolution {max_res}"]
-    return []
-
-
 TOP_LEVEL_KEYS = {"seed_everything", "trainer", "model", "data", "ckpt_path", "weights_only", "optimizer",
                   "lr_scheduler", "config", "subcommand"}
 
@@ -186,7 +175,7 @@ def _cache_errors(entries: list[Any], patch: int, data_args: Any, urls: Any) -> 
 def validate_recipe(cfg: Any) -> None:
     """Validate a resolved fit config (jsonargparse Namespace or nested dicts with `model` and `data`)."""
     import teachers as teacher_lib
-    from radio.data.schedule import schedule_errors
+    from radio.data.schedule import resolution_errors, schedule_errors
     from radio.data.shards import resolve_shards
     from radio.model.vit import StudentConfig
     from radio.normalize import NORMALIZERS
@@ -231,14 +220,14 @@ def validate_recipe(cfg: Any) -> None:
                           "not both")
         errors += schedule_errors(list(stages), patch, max_res, seen)
     elif res is not None:
-        errors += _resolution_errors("data.resolution", res, patch, max_res)
+        errors += resolution_errors("data.resolution", res, patch, max_res)
     val_res = _get(data_args, "val_resolution")
     if val_res is not None:
-        errors += _resolution_errors("data.val_resolution", val_res, 0, 0)
+        errors += resolution_errors("data.val_resolution", val_res, 0, 0)
 
     validation = _get(model_args, "validation")
     for j, r in enumerate(_get(validation, "resolutions") or []):
-        errors += _resolution_errors(f"model.validation.resolutions[{j}]", r, patch, max_res)
+        errors += resolution_errors(f"model.validation.resolutions[{j}]", r, patch, max_res)
     est = _get(_get(model_args, "normalization"), "estimate_steps", 1)
     if est is not None and est < 1:
         errors.append(f"model.normalization.estimate_steps: must be >= 1, got {est}")

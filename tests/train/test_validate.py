@@ -41,6 +41,20 @@ def test_partition_errors_fail_before_compute(synth_dir, tmp_path, monkeypatch):
             "data.stages[1].partitions[1].resolution: 512 exceeds model.student.max_resolution 256")
 
 
+def test_mistyped_partition_fields_are_named_not_a_traceback(synth_dir, tmp_path):
+    """Plain-YAML checks (`radio cache`, validate_recipe) see values LightningCLI has not typed yet."""
+    r = _staged(synth_dir, tmp_path, [
+        {"steps": 2.5, "partitions": [{"resolution": "64", "batch_size": 4, "teachers": "dino_v2"}]},
+        {"partitions": [{"resolution": 64, "batch_size": "8"}]}])
+    with pytest.raises(ConfigError) as e:
+        validate_recipe(r)
+    for p in ("data.stages[0].steps: every stage but the last needs an integer steps >= 1, got 2.5",
+              "data.stages[0].partitions[0].resolution: must be a positive number of pixels, got '64'",
+              "data.stages[0].partitions[0].teachers: must be a list of teacher names, got 'dino_v2'",
+              "data.stages[1].partitions[0].batch_size: must be an integer >= 1, got '8'"):
+        assert p in str(e.value), (p, str(e.value))
+
+
 def test_stage_without_steps_before_the_last_fails(synth_dir, tmp_path, monkeypatch):
     r = _staged(synth_dir, tmp_path, [{"partitions": [{"resolution": 32, "batch_size": 4}]},
                                       {"partitions": [{"resolution": 64, "batch_size": 4}]}])
