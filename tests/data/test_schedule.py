@@ -26,10 +26,10 @@ def test_schedule_errors_name_the_field():
            {"steps": 0, "partitions": [{"resolution": 64, "batch_size": 2, "teachers": ["sam"]}]},
            {"partitions": []}]
     errors = "\n".join(schedule_errors(bad, patch=16, max_resolution=512, teacher_names=["clip", "dino_v2"]))
-    assert "data.stages[0].steps: every stage but the last needs steps >= 1" in errors
+    assert "data.stages[0].steps: every stage but the last needs an integer steps >= 1" in errors
     assert "data.stages[0].partitions[0].resolution: 50 is not a multiple of the student's patch size 16 " \
            "(nearest valid: 48 or 64)" in errors
-    assert "data.stages[0].partitions[0].batch_size: must be >= 1, got 0" in errors
+    assert "data.stages[0].partitions[0].batch_size: must be an integer >= 1, got 0" in errors
     assert "data.stages[1].partitions[0].teachers: 'sam' is not a teacher of this recipe" in errors
     assert "data.stages[2].partitions: at least one partition is needed" in errors
     assert "exceeds model.student.max_resolution 512" in "\n".join(

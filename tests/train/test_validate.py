@@ -58,7 +58,7 @@ def test_mistyped_partition_fields_are_named_not_a_traceback(synth_dir, tmp_path
 def test_stage_without_steps_before_the_last_fails(synth_dir, tmp_path, monkeypatch):
     r = _staged(synth_dir, tmp_path, [{"partitions": [{"resolution": 32, "batch_size": 4}]},
                                       {"partitions": [{"resolution": 64, "batch_size": 4}]}])
-    _expect(r, tmp_path, monkeypatch, "data.stages[0].steps: every stage but the last needs steps >= 1")
+    _expect(r, tmp_path, monkeypatch, "data.stages[0].steps: every stage but the last needs an integer steps >= 1")
 
 
 def test_mixing_single_resolution_and_stages_fails(synth_dir, tmp_path, monkeypatch):
