@@ -41,4 +41,8 @@ def test_gpu_script_dry_run_reports_mfu_and_ratios():
     teachers = [ln for ln in lines if ln.startswith("ratio optimised / fp32 eager teacher throughput")]
     assert len(teachers) == 3  # the demo's three teacher families
     assert lines[-1].startswith("ratio optimised / fp32 eager student step")
-    assert float(re.search(r": ([0-9.]+) \(MFU", lines[-1]).group(1)) > 0
+    ratio = float(re.search(r": ([0-9.]+) \(MFU", lines[-1]).group(1))
+    # the last line's ratio is the student line's fp32 eager time over its optimised time (both printed in ms)
+    step = [ln for ln in lines if ln.startswith("student ")][-1]
+    base_ms, fast_ms = (float(v) for v in re.findall(r"([0-9.]+) ms \(MFU", step))
+    assert ratio == pytest.approx(base_ms / fast_ms, rel=0.06, abs=0.01)

@@ -21,7 +21,7 @@ def test_demo_produces_a_report_with_knn_for_student_and_each_teacher(tmp_path):
     # fidelity vs resolution, measured during training, is in the report and rises
     fid = report["training_fidelity"]
     assert [r["step"] for r in fid] == [4, 8, 12]
-    for name in ("clip", "dino_v2"):
+    for name in ("clip", "dino_v2", "sam"):
         first, last = fid[0]["teachers"][name], fid[-1]["teachers"][name]
         assert len(last) >= 2 and all(v["fidelity"] > 0 for v in last.values())
         assert max(v["fidelity"] for v in last.values()) > max(v["fidelity"] for v in first.values())
