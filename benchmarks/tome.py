@@ -272,6 +272,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     (a.out / "results.json").write_text(json.dumps({"throughput": rows, "fidelity": fid}, indent=2))
     print(f"\nwrote {a.out / 'results.json'}; total {time.time() - t_start:.0f} s; "
           f"load average at end {os.getloadavg()[0]:.1f}")
+    # last: the measure, throughput where merging halves the tokens per block (the case closest to 50 %)
+    for res in sorted({r["res"] for r in rows}):
+        half = min((r for r in rows if r["res"] == res and r["mean_tokens_frac"] < 1),
+                   key=lambda r: abs(r["mean_tokens_frac"] - 0.5))
+        print(f"ratio merged / r=0 throughput at {res} px, {half['case']} ({half['mean_tokens_frac']:.0%} tokens per "
+              f"block): {half['speedup']:.2f}")
 
 
 if __name__ == "__main__":
