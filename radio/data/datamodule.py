@@ -97,10 +97,12 @@ class PartitionBatcher:
         """One partition's batch from its transformed samples (possibly fewer than its batch size)."""
         r = cfg.resolution
         names = self.cached_names(cfg)
-        extra = self.cache.stack([s["item"] for s in items], names, r) if names else {}  # type: ignore[union-attr]
+        if names:  # images, cached targets and crop boxes, stacked together
+            extra = self.cache.stack([s["item"] for s in items], names, r)  # type: ignore[union-attr]
+        else:
+            extra = {"image": torch.stack([s["image"] for s in items]) if items else torch.zeros(0, 3, r, r)}
         return {
             **extra,
-            "image": torch.stack([s["image"] for s in items]) if items else torch.zeros(0, 3, r, r),
             "label": torch.tensor([s["label"] for s in items], dtype=torch.long),
             "key": [s["key"] for s in items],
             "resolution": r,
