@@ -253,7 +253,8 @@ class ShardDataModule(L.LightningDataModule):
         if len(index) == 0:
             raise BadDataError(f"data.shards: the {len(self._train_urls)} shard(s) of {self.shards!r} hold no "
                                f"usable sample; {self.health.summary()}")
-        lost = sum(1 for f in index.faults if f.key)  # sample-level faults; shard faults hide an unknown number
+        # samples lost at the scan (a stray member is no sample; shard faults hide an unknown number)
+        lost = sum(1 for f in index.faults if f.key and f.kind != "StrayMember")
         if lost > self.max_bad_fraction * (len(index) + lost):
             raise BadDataError(f"data.shards: {lost} of {len(index) + lost} samples are unusable, more than "
                                f"data.max_bad_fraction = {self.max_bad_fraction:g}; {self.health.summary()}")
