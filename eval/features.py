@@ -2,7 +2,8 @@
 
 `load_encoder(spec)` accepts:
   - an export directory (has config.json)                 -> the student (radio.load)
-  - "EXPORT_DIR::NAME"                                    -> teacher NAME exactly as it was trained with
+  - "EXPORT_DIR::NAME"                                    -> teacher NAME as it was trained with (no option that
+                                                             runs code: teachers.untrusted_spec)
   - a .yaml / .json file holding a teacher config         -> that teacher
   - a registered teacher name ("clip", "dino_v2", ...)     -> that teacher with its default pretrained weights
   - a dict / TeacherSpec                                  -> that teacher
@@ -61,17 +62,23 @@ class StudentEncoder(Encoder):
 
     kind = "student"
 
-    def __init__(self, model, name: str = "student", num_tokens: Optional[int] = None) -> None:
+    def __init__(self, model, name: str = "student", num_tokens: Optional[int] = None,
+                 source: Optional[str] = None) -> None:
         self.model, self.name = model.eval(), name
+        self.source = source or f"the provenance of {name!r}"  # the file the provenance was read from
         self.num_tokens = None
         if num_tokens is not None:
             self.set_num_tokens(num_tokens)
 
     @property
     def teacher_specs(self) -> dict[str, dict[str, Any]]:
-        """The teachers recorded in the export's provenance, by name."""
-        specs = getattr(self.model, "provenance", {}).get("teacher_specs", [])
-        return {s["name"]: s for s in specs}
+        """The teachers recorded in the export's provenance, by name, as recorded: a file radio did not get from
+        the user, so build them only through `recorded_teacher`."""
+        return _recorded_by_name(getattr(self.model, "provenance", {}), self.source)
+
+    def recorded_teacher(self, name: str) -> teacher_lib.TeacherSpec:
+        """The spec of recorded teacher `name` as radio may build it (`checked_recorded_spec`)."""
+        return checked_recorded_spec(getattr(self.model, "provenance", {}), name, self.source)
 
     def set_num_tokens(self, num_tokens: int) -> None:
         if "num_tokens" not in inspect.signature(self.model.forward).parameters:
@@ -107,7 +114,7 @@ class AdaptorEncoder(StudentEncoder):
         if adaptor not in student.model.teacher_names():
             names = ", ".join(student.model.teacher_names())
             raise ModelSpecError(f"{student.name}: no adaptor {adaptor!r}; it has {names}")
-        super().__init__(student.model, f"{student.name}:{adaptor}")
+        super().__init__(student.model, f"{student.name}:{adaptor}", source=student.source)
         self.adaptor = adaptor
 
     @torch.no_grad()
@@ -145,12 +152,48 @@ def export_provenance(export_dir: str | Path) -> dict[str, Any]:
     return dict(read_export(export_dir).raw.get("provenance") or {})
 
 
-def recorded_teacher(export_dir: str | Path, name: str) -> dict[str, Any]:
-    """The spec of teacher `name` exactly as the export at `export_dir` was trained with (its provenance)."""
-    specs = {s["name"]: s for s in export_provenance(export_dir).get("teacher_specs", [])}
+def _recorded_by_name(provenance: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """provenance.teacher_specs by name, as recorded (each a mapping with a string `name`, else an error)."""
+    specs = provenance.get("teacher_specs") or []
+    if not isinstance(specs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                              for s in specs):
+        raise ModelSpecError(f"{source}: provenance.teacher_specs must be a list of teacher specs, each with a name")
+    return {s["name"]: s for s in specs}
+
+
+def checked_recorded_spec(provenance: dict[str, Any], name: str, source: str) -> teacher_lib.TeacherSpec:
+    """Recorded teacher `name` of an export's provenance, read from `source`, as radio may build it.
+
+    The provenance is a file the user did not write: the spec goes through `teachers.untrusted_spec`, so that no
+    code-running option (hf's trust_remote_code) reaches the build; a spec that turns one on is a ModelSpecError
+    naming the file and the key.
+    """
+    specs = _recorded_by_name(provenance, source)
     if name not in specs:
-        raise ModelSpecError(f"{export_dir}: no recorded teacher {name!r}; recorded: {', '.join(specs) or 'none'}")
-    return specs[name]
+        raise ModelSpecError(f"{source}: no recorded teacher {name!r}; recorded: {', '.join(specs) or 'none'}")
+    where = f"{source}: provenance.teacher_specs[{list(specs).index(name)}]"
+    try:
+        return teacher_lib.untrusted_spec(specs[name], where)
+    except teacher_lib.UntrustedSpecError as e:
+        raise ModelSpecError(str(e)) from e
+
+
+def provenance_file(export_dir: str | Path) -> str:
+    """The file an export's provenance is read from (radio.export's config.json, either layout)."""
+    from radio.export import CONFIG_NAME
+
+    return str(Path(export_dir) / CONFIG_NAME)
+
+
+def recorded_teacher_names(export_dir: str | Path) -> list[str]:
+    """The names of the teachers recorded in the provenance of the export at `export_dir`."""
+    return list(_recorded_by_name(export_provenance(export_dir), provenance_file(export_dir)))
+
+
+def recorded_teacher(export_dir: str | Path, name: str) -> teacher_lib.TeacherSpec:
+    """The spec of teacher `name` as the export at `export_dir` was trained with (its provenance), as radio may
+    build it (`checked_recorded_spec`: no code-running options)."""
+    return checked_recorded_spec(export_provenance(export_dir), name, provenance_file(export_dir))
 
 
 def load_encoder(spec: Union[str, dict, teacher_lib.TeacherSpec], name: Optional[str] = None) -> Encoder:
@@ -163,7 +206,7 @@ def load_encoder(spec: Union[str, dict, teacher_lib.TeacherSpec], name: Optional
         return TeacherEncoder(teacher_lib.build(recorded_teacher(export_dir, tname)), name or tname)
     p = Path(spec)
     if p.is_dir():
-        return StudentEncoder(radio.load(p), name or p.name)
+        return StudentEncoder(radio.load(p), name or p.name, source=provenance_file(p))
     if p.is_file() and p.suffix in (".yaml", ".yml", ".json"):
         import yaml
 

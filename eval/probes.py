@@ -89,7 +89,7 @@ def _text_teacher(enc: Encoder, opts: "EvalOptions") -> tuple[Encoder, Any]:
     if adaptor not in specs:
         raise ProbeSkipped(f"zeroshot: student {enc.name!r} records no teacher spec for {adaptor!r}; cannot build "
                            f"its text tower (provenance: {sorted(export)})")
-    return AdaptorEncoder(enc, adaptor), teacher_lib.build(specs[adaptor])
+    return AdaptorEncoder(enc, adaptor), teacher_lib.build(enc.recorded_teacher(adaptor))
 
 
 def zeroshot(enc: Encoder, ds: Dataset, te: Optional[FeatureBank], opts: "EvalOptions") -> dict[str, Any]:
@@ -123,7 +123,7 @@ def fidelity(enc: Encoder, ds: Dataset, opts: "EvalOptions") -> dict[str, Any]:
     specs = enc.teacher_specs
     if not specs:
         raise ProbeSkipped(f"fidelity: student {enc.name!r} records no teachers in its provenance")
-    teachers = {n: teacher_lib.build(s) for n, s in specs.items() if n in enc.model.teacher_names()}
+    teachers = {n: teacher_lib.build(enc.recorded_teacher(n)) for n in specs if n in enc.model.teacher_names()}
     images = []
     for rec in ds.val.records():
         images.append(rec.image)

@@ -5,6 +5,8 @@ and val splits once, runs the probes on them, and writes report.json, report.md 
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +17,8 @@ import torch
 
 from eval import probes as P
 from eval.datasets import Dataset, DatasetError, ShardSplit, open_dataset, read_info, shard_label_classes
-from eval.features import Encoder, FeatureBank, describe, export_provenance, extract_split, load_encoder
+from eval.features import (Encoder, FeatureBank, describe, extract_split, load_encoder, provenance_file,
+                           recorded_teacher, recorded_teacher_names)
 from eval.knn import knn_eval
 from eval.report import write_report
 from eval.vlm import VLMConfig
@@ -108,13 +111,24 @@ class Evaluation:
             self.report["notes"].append(text)
 
     def encoders(self) -> Iterator[Encoder]:
-        """The models one at a time (each loaded when its turn comes), with unique names."""
+        """The models one at a time (each loaded when its turn comes), with unique names.
+
+        Teachers taken from an export's provenance (EXPORT_DIR::NAME, --with-teachers) are checked before any model
+        loads (no code-running option: eval.features.recorded_teacher); --with-teachers prints each one it adds.
+        """
         specs = list(self.specs)
         if self.opts.with_teachers:
             for s in self.specs:
                 if isinstance(s, str) and Path(s).is_dir() and (Path(s) / "config.json").is_file():
-                    recorded = export_provenance(s)
-                    specs += [f"{s}::{t['name']}" for t in recorded.get("teacher_specs", [])]
+                    for name in recorded_teacher_names(s):
+                        spec = recorded_teacher(s, name)
+                        shown = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}
+                        print(f"--with-teachers: {s}::{name} builds {json.dumps(shown, default=str)} (recorded in "
+                              f"{provenance_file(s)})", file=sys.stderr, flush=True)
+                        specs.append(f"{s}::{name}")
+        for s in specs:
+            if isinstance(s, str) and "::" in s:
+                recorded_teacher(*s.rsplit("::", 1))
         seen: set[str] = set()
         lazy = [lambda e=e: e for e in self.given]
         lazy += [lambda i=i, s=s: load_encoder(s, self.names[i] if i < len(self.names) else None)

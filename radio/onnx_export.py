@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from radio.model.radio_model import RADIOModel
+from radio.types import float_images
 
 INPUT_NAME = "images"
 # Weights above this go to an external data file next to the graph (the protobuf limit is 2 GiB).
@@ -80,11 +81,11 @@ def check_sizes(model: RADIOModel) -> list[tuple[int, int]]:
 
 
 def run_onnx(path: str | Path, images: Tensor) -> list[Tensor]:
-    """Run the graph with onnxruntime on the CPU."""
+    """Run the graph with onnxruntime on the CPU (images as a student takes them: radio.types.float_images)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return [torch.from_numpy(o) for o in session.run(None, {INPUT_NAME: images.float().numpy()})]
+    return [torch.from_numpy(o) for o in session.run(None, {INPUT_NAME: float_images(images, str(path)).float().numpy()})]
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Typed outputs shared across the framework.
+"""Typed outputs shared across the framework, and the one check of what an image tensor may hold.
 
 Shapes use B = batch, C = channels, N = tokens, h x w = patch grid.
 """
@@ -6,7 +6,23 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
+
+
+def float_images(x: Tensor, who: str = "model") -> Tensor:
+    """Images as floats in [0, 1], for every model that takes images (teachers and students alike).
+
+    A floating-point tensor is returned as it is (it is taken to be in [0, 1]); uint8 is read as 0-255 pixels and
+    divided by 255 (float32); any other dtype (other integers, bool, complex) is an error, since its scale cannot
+    be told.
+    """
+    if x.is_floating_point():
+        return x
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    raise TypeError(f"{who}: images must be floating point in [0, 1] or uint8 in [0, 255], got dtype {x.dtype}; "
+                    f"convert them first (e.g. x.float() / 255 for 0-255 pixels)")
 
 
 class StudentOutput(NamedTuple):

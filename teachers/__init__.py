@@ -5,10 +5,12 @@
     out = t(images)                                      # TeacherOutput(summary (B, C), features (B, C, h, w))
 
 Families: clip, siglip (open_clip), dino_v2 (timm), sam (segment_anything), hf (transformers vision towers).
+A spec read from a file the user did not write goes through `untrusted_spec` (no code-running options).
 """
 from teachers._weights import TeacherWeightsError
 from teachers.base import CanvasRegion, Teacher, TeacherOutput, TeacherSpec
-from teachers.registry import TEACHERS, as_spec, available, build, register_teacher
+from teachers.registry import (CODE_RUNNING_OPTIONS, TEACHERS, UntrustedSpecError, as_spec, available, build,
+                               register_teacher, untrusted_spec)
 
-__all__ = ["CanvasRegion", "Teacher", "TeacherOutput", "TeacherSpec", "TeacherWeightsError", "TEACHERS", "as_spec",
-           "available", "build", "register_teacher"]
+__all__ = ["CanvasRegion", "CODE_RUNNING_OPTIONS", "Teacher", "TeacherOutput", "TeacherSpec", "TeacherWeightsError",
+           "TEACHERS", "UntrustedSpecError", "as_spec", "available", "build", "register_teacher", "untrusted_spec"]

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from radio.types import float_images
+
 
 class TeacherOutput(NamedTuple):
     """summary: (B, C_summary) or None for a teacher without one; features: (B, C, h, w) patch grid."""
@@ -68,7 +70,8 @@ class TeacherSpec:
 
 
 class Teacher(nn.Module):
-    """A frozen teacher. Call it with images in [0, 1], (B, 3, H, W); it normalizes them itself.
+    """A frozen teacher. Call it with images in [0, 1], (B, 3, H, W); it normalizes them itself (uint8 images are
+    read as 0-255 pixels; other integer dtypes are refused: radio.types.float_images).
 
     Attributes set by adapters:
         name: the registered name; model_name: the library's model name.
@@ -145,7 +148,7 @@ class Teacher(nn.Module):
     def forward(self, x: Tensor) -> TeacherOutput:
         """Images in [0, 1], (B, 3, H, W) -> TeacherOutput(summary (B, C_s) or None, features (B, C, h, w))."""
         self.check_resolution(*x.shape[-2:])
-        x = self._prepare(x.float())
+        x = self._prepare(float_images(x, f"teacher {self.name!r}").float())
         x = (x - self._mean) / self._std
         on_gpu = x.is_cuda
         if on_gpu:

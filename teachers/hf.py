@@ -15,8 +15,9 @@ Resolution: models that interpolate their position embedding on their own (DINOv
 of the patch size; models that need `interpolate_pos_encoding=True` (CLIP, SigLIP) run at their native size
 unless `options.dynamic_resolution: true`.
 
-Options: dynamic_resolution (null = as above), trust_remote_code (false; only when you trust the repo's code),
-mean / std (override the preprocessing, e.g. for a random configuration).
+Options: dynamic_resolution (null = as above), trust_remote_code (false; only when you trust the repo's code; a
+spec read from an export or a checkpoint may not set it: teachers.untrusted_spec), mean / std (override the
+preprocessing, e.g. for a random configuration).
 Weights: `pretrained` None -> the repo's weights; a local directory -> that directory; another string -> a hub
 revision; False -> random initialisation from the repo's config. `arch` = a config of the same model class,
 `{model_type: dinov2, hidden_size: 32, ...}` (AutoConfig.for_model), random unless `pretrained` is a directory.
@@ -163,7 +164,7 @@ def _processor_mean_std(mixin, src: str, revision: Optional[str]):
     return None
 
 
-@register_teacher("hf")
+@register_teacher("hf", code_running_options=("trust_remote_code",))
 def _build(spec: TeacherSpec) -> Teacher:
     return HFTeacher(spec.model or DEFAULT_MODEL, spec.pretrained, spec.arch, spec.input_size, spec.options,
                      label=spec.name)

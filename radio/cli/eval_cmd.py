@@ -68,7 +68,8 @@ def _common() -> argparse.ArgumentParser:
                         "name; repeat it to put students and teachers side by side in one report")
     g.add_argument("--name", action="append", help="display name per --model, in order (default: derived)")
     g.add_argument("--with-teachers", action="store_true",
-                   help="also evaluate every teacher recorded in each student export's provenance")
+                   help="also evaluate every teacher recorded in each student export's provenance (one line per "
+                        "teacher on stderr; a recorded spec that asks to run code is refused)")
     g.add_argument("--data", required=True,
                    help="train/ + val/ shards, an ImageFolder tree (train/, val/), ADE20K (images/, annotations/) "
                         "or VOC (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")

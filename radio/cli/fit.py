@@ -1,9 +1,10 @@
 """`radio fit`: LightningCLI over DistillModule and ShardDataModule, with recipe validation before compute.
 
-Checkpoints are loaded with `weights_only=True` (Lightning's own option, on by default here; LightningCLI also
-reads a checkpoint's hyper-parameters with it): a checkpoint that carries pickled objects beyond tensors and
-plain containers is refused with `UnsafeCheckpointError` and nothing in it runs. A recipe that lists no checkpoint
-callback gets `radio.train.callbacks.RadioCheckpoint` (atomic writes, the last K kept, `RUN/checkpoints/last.ckpt`).
+Checkpoints are loaded with `weights_only=True` (Lightning's own option, on by default here): a checkpoint that
+carries pickled objects beyond tensors and plain containers is refused with `UnsafeCheckpointError` and nothing in
+it runs. A checkpoint's `hyper_parameters` are not merged over the recipe: the recipe alone says what is built
+(`RadioCLI._parse_ckpt_path`). A recipe that lists no checkpoint callback gets
+`radio.train.callbacks.RadioCheckpoint` (atomic writes, the last K kept, `RUN/checkpoints/last.ckpt`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ class UnsafeCheckpointError(RuntimeError):
 
 class RadioCLI(LightningCLI):
     """LightningCLI whose recipes are validated before any class is instantiated."""
+
+    def _parse_ckpt_path(self) -> None:
+        """The recipe is the truth: a checkpoint's hyper-parameters are not merged over it (LightningCLI would).
+
+        A checkpoint is a file the user did not write; merged, its `hyper_parameters` could name any teacher
+        (an hf teacher with trust_remote_code: true runs the model's own code) or class. The checkpoint's weights
+        are still loaded by the Trainer, and a model that does not match the recipe fails that load loudly.
+        """
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config

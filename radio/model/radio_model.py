@@ -16,7 +16,7 @@ from radio.model.adaptors import AdaptorConfig, TeacherAdaptor
 from radio.model.vit import RADIOStudent, StudentConfig
 from radio.normalize import build_normalizer
 from radio.tome import Merge, TokenMergeConfig, Unmerge, budget_soft_matching, merge_schedule, merge_wavg
-from radio.types import AdaptorOutput, IntermediatesOutput, StudentOutput
+from radio.types import AdaptorOutput, IntermediatesOutput, StudentOutput, float_images
 
 FORMAT_VERSION = 2  # 2: TeacherHead.has_adaptor (exports may drop adaptor heads)
 
@@ -161,7 +161,9 @@ class RADIOModel(nn.Module):
     def teacher_names(self) -> list[str]:
         return [t.name for t in self.config.teachers]
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor) -> Tensor:
+        """The images as floats in [0, 1] (uint8 0-255 converted, other integer dtypes refused), shape checked."""
+        x = float_images(x, "student")
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
         step = self.resolution_step
@@ -170,10 +172,11 @@ class RADIOModel(nn.Module):
         if bad:
             hints = "; ".join(f"{n} {s} -> nearest valid {nearest_valid_sizes(s, step)}" for n, s in bad)
             raise ValueError(f"input size {h}x{w} is not a multiple of the resolution step {step}: {hints}")
+        return x
 
     def forward_tokens(self, x: Tensor) -> StudentTokens:
         """Run the backbone on images in [0, 1]; returns summary tokens, patch tokens and the patch grid."""
-        self._check_input(x)
+        x = self._check_input(x)
         x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
         tokens = self.backbone.forward_features(x)
         summary, patches = self.backbone.split_tokens(tokens)
@@ -283,7 +286,7 @@ class RADIOModel(nn.Module):
         """
         from timm.models._features import feature_take_indices
 
-        self._check_input(x)
+        x = self._check_input(x)
         if feature_fmt not in ("NLC", "NCHW"):
             raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
         step = self.resolution_step
