@@ -11,7 +11,8 @@ starts with a tar header; at least one holds a member), the trainer's distribute
 patch size, learning rate, weight decay, workers, crop scale, image-pixel limit, the trainer's step counts and
 intervals, checkpoint intervals; each error names the field and the allowed range), and a `data.cache` holds,
 for every teacher it reads, a cache written for that teacher (meta.json) with a feature shard per training
-shard. `teacher_grid_errors` runs once the teachers are built, before any step: every teacher must reach every student grid it is asked to match. Errors name the field or path.
+shard. `teacher_grid_errors` runs once the teachers are built, before any step: every teacher must reach every
+student grid it is asked to match. Errors name the field or path.
 """
 from __future__ import annotations
 
