@@ -106,9 +106,11 @@ class Dataset:
 
 
 def open_image(path: Path) -> Image.Image:
+    """An RGB image file; one over radio.data.shards.MAX_IMAGE_PIXELS is refused before it is decoded."""
+    from radio.data.shards import open_image as decode_image
+
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return decode_image(path.read_bytes())
     except Exception as e:
         raise DatasetError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
 
@@ -117,11 +119,13 @@ def read_index_mask(path: Path) -> np.ndarray:
     """An index PNG as (H, W) int64 (palette PNGs give their indices, not colours)."""
     if not path.is_file():
         raise DatasetError(f"{path}: annotation is missing")
+    from radio.data.shards import open_image as decode_image
+
     try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16"):
-                raise DatasetError(f"{path}: expected a single-channel index PNG, got mode {im.mode!r}")
-            return np.array(im).astype(np.int64)
+        im = decode_image(path.read_bytes(), mode=None)
+        if im.mode not in ("P", "L", "I", "I;16"):
+            raise DatasetError(f"{path}: expected a single-channel index PNG, got mode {im.mode!r}")
+        return np.array(im).astype(np.int64)
     except DatasetError:
         raise
     except Exception as e:

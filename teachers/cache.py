@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from radio.data.shards import ErrorCounter, decode_sample, iter_raw_samples, resolve_shards
+from radio.data.shards import MAX_IMAGE_PIXELS, ErrorCounter, decode_sample, iter_raw_samples, resolve_shards
 from radio.data.transforms import eval_transform
 from teachers.base import Teacher, TeacherOutput, TeacherSpec
 from teachers.registry import as_spec, build
@@ -71,8 +71,10 @@ def _to_numpy(x: torch.Tensor, np_dtype, teacher: str, what: str, url: str, keys
 @torch.no_grad()
 def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resolution: tuple[int, int],
                   batch_size: int = 32, dtype: str = "float16", progress: bool = True,
-                  device: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Cache one teacher's outputs on the centre crop at `resolution` (H, W) of every sample.
+                  device: Union[str, torch.device] = "cpu",
+                  max_image_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Any]:
+    """Cache one teacher's outputs on the centre crop at `resolution` (H, W) of every sample. Samples that do not
+    decode, or whose image has more than `max_image_pixels` pixels (never decoded), are skipped and listed.
 
     Returns the metadata written to OUT/meta.json.
     """
@@ -130,7 +132,7 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
         with wds.TarWriter(str(dst)) as writer:
             for raw in iter_raw_samples([url], handler=errors):
                 try:
-                    s = decode_sample(raw)
+                    s = decode_sample(raw, max_pixels=max_image_pixels)
                 except Exception as e:
                     errors(e)
                     skipped_keys.setdefault(names[url], []).append(str(raw.get("__key__")))

@@ -68,8 +68,9 @@ def _cmd_cache(a: argparse.Namespace) -> int:
     res = main_resolution(data)
     spec_keys = set(TeacherSpec.__dataclass_fields__)
     specs = [{k: v for k, v in t.items() if k in spec_keys} for t in teachers if not names or t["name"] in names]
+    extra = {"max_image_pixels": data["max_image_pixels"]} if data.get("max_image_pixels") is not None else {}
     results = cache_teachers(specs, data["shards"], out, (res // patch, res // patch), batch_size=a.batch_size,
-                             dtype=a.dtype)
+                             dtype=a.dtype, **extra)
     for name, meta in results.items():
         print(f"{name}: {meta['count']} images at {meta['resolution'][0]}x{meta['resolution'][1]}, "
               f"{meta['bytes_per_image'] / 1024:.1f} KiB per image ({meta['dtype']}), "

@@ -9,8 +9,9 @@ step (`state_dict` / `load_state_dict`, which Lightning stores in checkpoints). 
 shards once in order at `val_resolution`.
 
 Bad data is skipped and reported, never fatal by itself (radio.data.health): shard faults are found when the
-index is built; sample faults (undecodable image, failed per-sample check) in the worker that reads the sample,
-and they reach the main process inside the batch (`batch["data"]`); the module enforces `max_bad_fraction`.
+index is built; sample faults (undecodable image, image over `max_image_pixels` (never decoded), failed
+per-sample check) in the worker that reads the sample, and they reach the main process inside the batch
+(`batch["data"]`); the module enforces `max_bad_fraction`.
 
 With `cache` (radio.data.cached) each sample's cached teacher records are read beside it (radio.data.feature_index)
 and every partition that a cached teacher supervises gets one patch-aligned crop + flip per sample (seeded like
@@ -36,11 +37,19 @@ from radio.data.health import BadDataError, DataHealth, Fault, fault_from
 from radio.data.index import ShardIndex
 from radio.data.order import DataOrder, sample_seed
 from radio.data.schedule import PartitionConfig, Schedule, StageConfig
-from radio.data.shards import ErrorCounter, Sample, SampleError, decode_sample, resolve_shards
+from radio.data.shards import MAX_IMAGE_PIXELS, ErrorCounter, Sample, SampleError, decode_sample, resolve_shards
 from radio.data.transforms import eval_transform, train_transform
+from radio.ranges import COUNT, NON_NEGATIVE_INT, OPTIONAL_COUNT, PROBABILITY, Range, fields_errors
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+DEFAULT_RESOLUTION, DEFAULT_BATCH_SIZE = 224, 32  # single-partition training when the recipe gives none
+# Allowed values of the data section's plain fields (resolutions are checked against the patch grid apart).
+DATA_RANGES: dict[str, Range] = {
+    "batch_size": OPTIONAL_COUNT, "val_batch_size": OPTIONAL_COUNT, "num_workers": NON_NEGATIVE_INT,
+    "min_crop_scale": Range(lo=0, hi=1, lo_open=True), "seed": NON_NEGATIVE_INT, "max_bad_fraction": PROBABILITY,
+    "min_reads_for_bad_fraction": NON_NEGATIVE_INT, "max_image_pixels": COUNT,
+}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -54,11 +63,12 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 class _Transform:
     """Picklable decode + transform step for worker processes."""
 
-    def __init__(self, transform) -> None:
+    def __init__(self, transform, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.transform = transform
+        self.max_pixels = max_pixels
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        s = decode_sample(raw)
+        s = decode_sample(raw, max_pixels=self.max_pixels)
         return {"image": self.transform(s.image), "label": s.label, "key": s.key}
 
 
@@ -115,10 +125,11 @@ class StepStream(IterableDataset):
     """The training batches of one rank from `start_step` on (endless); see the module docstring."""
 
     def __init__(self, index: ShardIndex, order: DataOrder, batcher: PartitionBatcher, start_step: int = 0,
-                 features: Optional[FeatureIndex] = None) -> None:
+                 features: Optional[FeatureIndex] = None, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
         self.index, self.order, self.batcher, self.start_step = index, order, batcher, start_step
         self.features = features
+        self.max_pixels = max_pixels
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -149,7 +160,7 @@ class StepStream(IterableDataset):
 
     def read(self, i: int, cached: list[str]) -> Sample:
         """Sample i decoded, with its records of the `cached` teachers when training from the feature cache."""
-        sample = decode_sample(self.index.read(i))
+        sample = decode_sample(self.index.read(i), max_pixels=self.max_pixels)
         if not cached or self.features is None:
             return sample
         return CachedSample.of(sample, self.features.records(i, cached))
@@ -176,6 +187,9 @@ class ShardDataModule(L.LightningDataModule):
         min_reads_for_bad_fraction: samples read (over all ranks) before the bad fraction is judged.
         index_cache: directory for per-shard scan results (shared by ranks and runs; ranks split the scanning).
         cache: read these teachers' targets from a feature cache (radio.data.cached.CacheConfig).
+        max_image_pixels: images whose header declares more pixels (width x height) are bad data, skipped and
+            counted (kind "OversizedImage") without being decoded; default: PIL's decompression-bomb warning
+            threshold (89,478,485 pixels). PIL refuses images over twice its threshold whatever this says.
     """
 
     def __init__(self, shards: str, val_shards: Optional[str] = None, resolution: Optional[int] = None,
@@ -183,30 +197,40 @@ class ShardDataModule(L.LightningDataModule):
                  val_resolution: Optional[int] = None, val_batch_size: Optional[int] = None, num_workers: int = 2,
                  min_crop_scale: float = 0.35, seed: int = 0, max_bad_fraction: float = 0.01,
                  min_reads_for_bad_fraction: int = 1000, index_cache: Optional[str] = None,
-                 cache: Optional[CacheConfig] = None) -> None:
+                 cache: Optional[CacheConfig] = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
         if stages and (resolution is not None or batch_size is not None):
             raise ValueError("data: give either data.resolution/data.batch_size (one partition) or data.stages, "
                              "not both")
-        if not 0 <= max_bad_fraction <= 1:
-            raise ValueError(f"data.max_bad_fraction: must be in [0, 1], got {max_bad_fraction}")
+        errors = fields_errors("data", dict(batch_size=batch_size, val_batch_size=val_batch_size,
+                                            num_workers=num_workers, min_crop_scale=min_crop_scale, seed=seed,
+                                            max_bad_fraction=max_bad_fraction, max_image_pixels=max_image_pixels,
+                                            min_reads_for_bad_fraction=min_reads_for_bad_fraction), DATA_RANGES)
+        for key, res in (("resolution", resolution), ("val_resolution", val_resolution)):
+            if res is not None and not COUNT.accepts(res):
+                errors.append(f"data.{key}: must be a positive number of pixels (an integer >= 1), got {res!r}")
+        if errors:
+            raise ValueError("; ".join(errors))
         if stages:
             self.schedule = Schedule(list(stages))
-        else:
-            self.schedule = Schedule.single(resolution or 224, batch_size or 32)
+        else:  # None (not given) means the default; 0 or less never reaches here
+            self.schedule = Schedule.single(DEFAULT_RESOLUTION if resolution is None else resolution,
+                                            DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
         first = self.schedule.final.partitions[0]
         self.resolution = first.resolution  # the main (final-stage, first-partition) resolution
         self.batch_size = first.batch_size
         self.shards = shards
         self.val_shards = val_shards
-        self.val_resolution = val_resolution or max(self.schedule.resolutions())
-        self.val_batch_size = val_batch_size or self.schedule.stages[0].partitions[0].batch_size
+        self.val_resolution = max(self.schedule.resolutions()) if val_resolution is None else val_resolution
+        self.val_batch_size = (self.schedule.stages[0].partitions[0].batch_size if val_batch_size is None
+                               else val_batch_size)
         self.num_workers = num_workers
         self.min_crop_scale = min_crop_scale
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.min_reads_for_bad_fraction = min_reads_for_bad_fraction
         self.index_cache = index_cache
+        self.max_image_pixels = max_image_pixels
         self.errors = ErrorCounter()  # validation reads
         self.health = DataHealth()  # training: distinct bad items seen by this process
         self.cache = coerce_config(cache) if cache is not None else None
@@ -289,7 +313,7 @@ class ShardDataModule(L.LightningDataModule):
         self._next_step = start
         views = CachedViews(self.cache_layout, self.min_crop_scale) if self.cache_layout is not None else None
         stream = StepStream(self.index, self.order, PartitionBatcher(self.schedule, self.min_crop_scale, views),
-                            start, self.features)
+                            start, self.features, self.max_image_pixels)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
@@ -336,7 +360,7 @@ class ShardDataModule(L.LightningDataModule):
             wds.SimpleShardList(self._val_urls),
             wds.split_by_worker,
             wds.tarfile_to_samples(handler=self.errors),
-            wds.map(_Transform(eval_transform(self.val_resolution)), handler=self.errors),
+            wds.map(_Transform(eval_transform(self.val_resolution), self.max_image_pixels), handler=self.errors),
         )
         return DataLoader(ds, batch_size=self.val_batch_size, num_workers=workers, collate_fn=collate,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from radio.ranges import COUNT, NON_NEGATIVE, OPTIONAL_COUNT, range_errors
+
 
 @dataclass
 class PartitionConfig:
@@ -105,18 +107,14 @@ def _coerce_stage(s: Any, i: int) -> StageConfig:
 
 def resolution_errors(field: str, res: Any, patch: Optional[int], max_res: Optional[int]) -> list[str]:
     """Problems of one resolution field: a positive int, a multiple of the patch size, within the maximum."""
-    if not isinstance(res, int) or isinstance(res, bool) or res < 1:
-        return [f"{field}: must be a positive number of pixels, got {res!r}"]
+    if not COUNT.accepts(res):
+        return [f"{field}: must be a positive number of pixels (an integer >= 1), got {res!r}"]
     if patch and res % patch:
         lo, hi = max(patch, res // patch * patch), -(-res // patch) * patch
         return [f"{field}: {res} is not a multiple of the student's patch size {patch} (nearest valid: {lo} or {hi})"]
     if max_res and res > max_res:
         return [f"{field}: {res} exceeds model.student.max_resolution {max_res}"]
     return []
-
-
-def _count(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
 def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resolution: Optional[int] = None,
@@ -129,10 +127,10 @@ def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resoluti
     for i, s in enumerate(stages):
         where = f"data.stages[{i}]"
         steps = get(s, "steps")
-        if i < len(stages) - 1 and not _count(steps):
+        if i < len(stages) - 1 and not COUNT.accepts(steps):
             errors.append(f"{where}.steps: every stage but the last needs an integer steps >= 1, got {steps!r}")
-        elif steps is not None and not _count(steps):
-            errors.append(f"{where}.steps: must be an integer >= 1, got {steps!r}")
+        else:
+            errors += range_errors(f"{where}.steps", steps, OPTIONAL_COUNT)
         parts = get(s, "partitions") or []
         if not parts:
             errors.append(f"{where}.partitions: at least one partition is needed")
@@ -140,8 +138,7 @@ def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resoluti
             pw = f"{where}.partitions[{j}]"
             res, bs, names = get(p, "resolution"), get(p, "batch_size"), get(p, "teachers")
             errors += resolution_errors(f"{pw}.resolution", res, patch, max_resolution)
-            if not _count(bs):
-                errors.append(f"{pw}.batch_size: must be an integer >= 1, got {bs!r}")
+            errors += range_errors(f"{pw}.batch_size", bs, COUNT)
             if names is not None and not isinstance(names, (list, tuple)):
                 errors.append(f"{pw}.teachers: must be a list of teacher names, got {names!r}")
             elif names is not None:
@@ -151,7 +148,6 @@ def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resoluti
                     if teacher_names is not None and n not in teacher_names:
                         errors.append(f"{pw}.teachers: {n!r} is not a teacher of this recipe "
                                       f"({', '.join(teacher_names)})")
-            w = get(p, "weight")
-            if w is not None and (not isinstance(w, (int, float)) or w < 0):
-                errors.append(f"{pw}.weight: must be >= 0, got {w}")
+            if not isinstance(p, dict) or "weight" in p:  # a plain recipe may leave it out (default 1.0)
+                errors += range_errors(f"{pw}.weight", get(p, "weight"), NON_NEGATIVE)
     return errors

@@ -2,6 +2,10 @@
 
 A sample is a set of tar members sharing a key: `__key__`, an image (`jpg|jpeg|png|webp`), an optional `json`
 (with `label`), an optional `seg.png` mask. img2dataset's output is valid input.
+
+Every image and mask of a shard is decoded by `open_image`, which reads the size from the header first: an image
+of more than `max_pixels` pixels (default MAX_IMAGE_PIXELS, PIL's decompression-bomb warning threshold) is
+`OversizedImage`, bad data like an undecodable one, and is never decoded (a 12000 x 12000 PNG can be 140 KB).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +26,7 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb warning threshold (Image.MAX_IMAGE_PIXELS)
 _FILE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -116,6 +122,41 @@ class SampleError(ValueError):
         self.radio_where = f"shard={url} key={key}"
 
 
+class OversizedImage(SampleError):
+    """An image whose header declares more pixels than allowed; it was not decoded."""
+
+    radio_kind = "OversizedImage"
+
+
+def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, mode: Optional[str] = "RGB") -> Image.Image:
+    """Decode image bytes (converted to `mode`; None keeps the file's), refusing without decoding any image whose
+    header declares more than `max_pixels` pixels: raises OversizedImage (url and key unset) for those, and
+    whatever PIL raises for undecodable bytes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
+            img = Image.open(io.BytesIO(data))  # reads the header only
+        _check_pixels(img.size, max_pixels)
+        pil_limit = Image.MAX_IMAGE_PIXELS
+        with warnings.catch_warnings():  # formats that pick their frame (and size) while loading
+            # PIL's warning means "over its threshold": over ours too when ours is lower; a higher one is the user's
+            warnings.simplefilter("error" if pil_limit and max_pixels <= pil_limit else "ignore",
+                                  Image.DecompressionBombWarning)
+            img.load()
+        _check_pixels(img.size, max_pixels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise OversizedImage(f"oversized image, refused by PIL before decoding: {e} (data.max_image_pixels = "
+                             f"{max_pixels:,})", None, None) from e
+    return img.convert(mode) if mode is not None else img
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise OversizedImage(f"oversized image: {w}x{h} = {w * h:,} pixels, more than data.max_image_pixels = "
+                             f"{max_pixels:,}; not decoded", None, None)
+
+
 @dataclass
 class Sample:
     key: str
@@ -126,16 +167,17 @@ class Sample:
     url: str = ""
 
 
-def decode_sample(raw: dict[str, Any], need_mask: bool = False) -> Sample:
-    """Decode a raw webdataset sample (bytes per extension) into a Sample; errors name shard and key."""
+def decode_sample(raw: dict[str, Any], need_mask: bool = False, max_pixels: int = MAX_IMAGE_PIXELS) -> Sample:
+    """Decode a raw webdataset sample (bytes per extension) into a Sample; errors name shard and key. An image
+    or mask of more than `max_pixels` pixels is OversizedImage (a SampleError), found before decoding."""
     key, url = raw.get("__key__"), raw.get("__url__")
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise SampleError(f"no image member (one of {IMAGE_EXTS}); members: {sorted(raw)}", url, key)
     try:
-        img = Image.open(io.BytesIO(raw[ext]))
-        img.load()
-        img = img.convert("RGB")
+        img = open_image(raw[ext], max_pixels)
+    except OversizedImage as e:
+        raise OversizedImage(f"{ext} image: {e}", url, key) from None
     except Exception as e:  # truncated or garbage image bytes
         raise SampleError(f"cannot decode {ext} image: {e}", url, key) from e
     meta: dict[str, Any] = {}
@@ -154,7 +196,9 @@ def decode_sample(raw: dict[str, Any], need_mask: bool = False) -> Sample:
         if "seg.png" not in raw:
             raise SampleError("missing seg.png member", url, key)
         try:
-            mask = np.array(Image.open(io.BytesIO(raw["seg.png"])))
+            mask = np.array(open_image(raw["seg.png"], max_pixels, mode=None))
+        except OversizedImage as e:
+            raise OversizedImage(f"seg.png: {e}", url, key) from None
         except Exception as e:
             raise SampleError(f"cannot decode seg.png: {e}", url, key) from e
     return Sample(key=key, image=img, label=label, meta=meta if isinstance(meta, dict) else {}, mask=mask,
@@ -169,10 +213,12 @@ def iter_raw_samples(urls: list[str], handler=None) -> Iterable[dict[str, Any]]:
     return wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
 
 
-def pack_folder(src: str | Path, out: str | Path, shard_size: int = 1000, progress: bool = True) -> dict[str, Any]:
+def pack_folder(src: str | Path, out: str | Path, shard_size: int = 1000, progress: bool = True,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """Pack an image folder, or an ImageFolder tree (class = sub-folder name), into shards.
 
-    Unreadable images are skipped and counted. Writes OUT/000000.tar ... and OUT/info.json.
+    Unreadable images, and images of more than `max_pixels` pixels (not decoded), are skipped and counted.
+    Writes OUT/000000.tar ... and OUT/info.json.
     """
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -198,9 +244,8 @@ def pack_folder(src: str | Path, out: str | Path, shard_size: int = 1000, progre
         for i, (path, ci) in enumerate(it):
             try:
                 data = path.read_bytes()
-                with Image.open(io.BytesIO(data)) as im:
-                    fmt = (im.format or "").lower()
-                    im.load()
+                im = open_image(data, max_pixels, mode=None)
+                fmt = (im.format or "").lower()
             except Exception as e:
                 skipped.append(f"{path}: {type(e).__name__}: {e}")
                 log.warning("pack: skipped unreadable image %s (%s)", path, e)
@@ -208,7 +253,7 @@ def pack_folder(src: str | Path, out: str | Path, shard_size: int = 1000, progre
             ext = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
             if ext not in IMAGE_EXTS:  # re-encode formats webdataset decoders do not know
                 buf = io.BytesIO()
-                Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="PNG")
+                im.convert("RGB").save(buf, format="PNG")
                 data, ext = buf.getvalue(), "png"
             meta = {"label": ci, "path": str(path.relative_to(src))}
             if ci >= 0:

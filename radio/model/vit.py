@@ -18,6 +18,8 @@ from torch import Tensor
 
 from radio.model.cpe import CroppedPosEmbed
 from radio.model.merging import MergingAttention, MergingBlock
+from radio.ranges import (COUNT, NON_NEGATIVE_INT, OPTIONAL_COUNT, OPTIONAL_NON_NEGATIVE_INT, POSITIVE, PROBABILITY,
+                          Range, fields_errors, range_errors)
 from radio.tome import check_schedule, group_index, merge_schedule
 
 # Registered sizes: width, depth, heads.
@@ -69,8 +71,15 @@ class StudentConfig:
     train_merge_r: int = 0
     train_merge_schedule: str = "constant"
 
+    def errors(self, where: str = "model.student") -> list[str]:
+        """Values outside their ranges (see STUDENT_RANGES), each naming its field; [] when all are valid."""
+        return student_errors(self, where)
+
     def resolved(self) -> tuple[int, int, int]:
         """(embed_dim, depth, num_heads) after applying the registered size and overrides."""
+        errors = self.errors("student")
+        if errors:
+            raise ValueError("; ".join(errors))
         if self.arch == "custom":
             missing = [k for k in ("embed_dim", "depth", "num_heads") if getattr(self, k) is None]
             if missing:
@@ -80,11 +89,9 @@ class StudentConfig:
             base = STUDENT_ARCHS[self.arch]
         else:
             raise ValueError(f"unknown student.arch {self.arch!r}; valid: {', '.join(sorted(STUDENT_ARCHS))}, custom")
-        dim = self.embed_dim or base[0]
-        depth = self.depth or base[1]
-        heads = self.num_heads or base[2]
-        if dim % heads:
-            raise ValueError(f"student.embed_dim {dim} is not divisible by student.num_heads {heads}")
+        dim = base[0] if self.embed_dim is None else self.embed_dim
+        depth = base[1] if self.depth is None else self.depth
+        heads = base[2] if self.num_heads is None else self.num_heads
         check_schedule(self.train_merge_r, self.train_merge_schedule, "student.train_merge")
         return dim, depth, heads
 
@@ -95,6 +102,41 @@ class StudentConfig:
             return 0
         m = self.register_multiple
         return (m - num_summary_tokens % m) % m
+
+
+# Allowed values of the student's fields (None: the registered size's value, where the field is optional).
+STUDENT_RANGES: dict[str, Range] = {
+    "patch_size": COUNT, "embed_dim": OPTIONAL_COUNT, "depth": OPTIONAL_COUNT, "num_heads": OPTIONAL_COUNT,
+    "mlp_ratio": POSITIVE, "num_registers": OPTIONAL_NON_NEGATIVE_INT, "register_multiple": NON_NEGATIVE_INT,
+    "max_resolution": COUNT, "cpe_drop": PROBABILITY, "drop_path": Range(lo=0, hi=1, hi_open=True),
+}  # train_merge_r / train_merge_schedule: radio.tome.check_schedule (in `resolved`)
+
+
+def student_errors(cfg: object, where: str = "model.student") -> list[str]:
+    """Range problems of a student config (dataclass, mapping or Namespace), each naming its field: every value
+    of STUDENT_RANGES, mean/std (three finite numbers, std > 0), max_resolution >= patch_size, and the heads
+    dividing the width."""
+    errors = fields_errors(where, cfg, STUDENT_RANGES)
+    get = (lambda k: cfg.get(k) if isinstance(cfg, dict) else getattr(cfg, k, None))
+    for key, rng in (("mean", Range()), ("std", POSITIVE)):
+        values = get(key)
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)) or len(values) != 3:
+            errors.append(f"{where}.{key}: must be three numbers (R, G, B), got {values!r}")
+            continue
+        for i, v in enumerate(values):
+            errors += range_errors(f"{where}.{key}[{i}]", v, rng)
+    patch, max_res = get("patch_size"), get("max_resolution")
+    if not errors and patch is not None and max_res is not None and max_res < patch:
+        errors.append(f"{where}.max_resolution: must be >= {where}.patch_size ({patch}), got {max_res}")
+    arch = get("arch")
+    base = STUDENT_ARCHS.get(arch, (None, None, None)) if isinstance(arch, str) else (None, None, None)
+    dim = base[0] if get("embed_dim") is None else get("embed_dim")
+    heads = base[2] if get("num_heads") is None else get("num_heads")
+    if COUNT.accepts(dim) and COUNT.accepts(heads) and dim % heads:
+        errors.append(f"{where}.num_heads: must divide {where}.embed_dim ({dim}), got {heads}")
+    return errors
 
 
 class MergedTokens(NamedTuple):

@@ -5,6 +5,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Type, TypeVar
 
+from radio.losses import LossConfig
+from radio.model.adaptors import AdaptorConfig
+from radio.ranges import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, OPTIONAL_COUNT, POSITIVE, PROBABILITY, Range, \
+    fields_errors, range_errors
 from teachers.base import TeacherSpec
 
 T = TypeVar("T")
@@ -91,17 +95,46 @@ class ValidationConfig:
     resolutions: Optional[list[int]] = None
 
 
+# Allowed values of the sections' fields (radio.ranges); validate_recipe checks them before anything is built.
+SECTION_RANGES: dict[type, dict[str, Range]] = {
+    TeacherEntry: {"summary_weight": NON_NEGATIVE, "feature_weight": NON_NEGATIVE},
+    OptimConfig: {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE_INT,
+                  "min_lr_ratio": PROBABILITY},
+    NormalizationConfig: {"estimate_steps": COUNT},
+    StabilityConfig: {"max_nonfinite_steps": COUNT},
+    LossConfig: {"cos_weight": NON_NEGATIVE, "smooth_l1_weight": NON_NEGATIVE, "smooth_l1_beta": NON_NEGATIVE},
+    AdaptorConfig: {"hidden_dim": OPTIONAL_COUNT, "num_inner": NON_NEGATIVE_INT},
+}
+BETA = Range(lo=0, hi=1, hi_open=True)
+
+
+def section_errors(cls: type, value: Any, where: str) -> list[str]:
+    """Range problems of one recipe section (a dataclass instance, dict or Namespace of `cls`'s fields)."""
+    errors = fields_errors(where, value, SECTION_RANGES.get(cls, {}))
+    if cls is OptimConfig and value is not None:
+        betas = value.get("betas") if isinstance(value, dict) else getattr(value, "betas", None)
+        if betas is not None and (not isinstance(betas, (list, tuple)) or len(betas) != 2):
+            errors.append(f"{where}.betas: must be two numbers in [0, 1), got {betas!r}")
+        elif betas is not None:
+            for i, b in enumerate(betas):
+                errors += range_errors(f"{where}.betas[{i}]", b, BETA)
+    return errors
+
+
 def coerce(cls: Type[T], value: Any, where: str) -> T:
-    """Accept a dataclass instance or a dict (e.g. from a checkpoint's hyper-parameters)."""
-    if isinstance(value, cls):
-        return value
+    """Accept a dataclass instance or a dict (e.g. from a checkpoint's hyper-parameters); values outside their
+    ranges (SECTION_RANGES) are a ValueError naming the field."""
     if isinstance(value, dict):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**value)
-    raise TypeError(f"{where}: expected {cls.__name__} or dict, got {type(value).__name__}")
+    elif not isinstance(value, cls):
+        raise TypeError(f"{where}: expected {cls.__name__} or dict, got {type(value).__name__}")
+    errors = section_errors(cls, value, where)
+    if errors:
+        raise ValueError("; ".join(errors))
+    return value if isinstance(value, cls) else cls(**value)
 
 
 def to_plain(obj: Any) -> Any:

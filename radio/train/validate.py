@@ -7,9 +7,12 @@ and every fidelity resolution is a multiple of the student's patch size and with
 are well formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
 `data.stages` are not mixed, every shard pattern matches files and the shard set is not empty (each shard
 starts with a tar header; at least one holds a member), the trainer's distributed strategy fits its accelerator
-(FSDP needs GPUs), and a `data.cache` holds, for every teacher it reads, a cache written for that teacher
-(meta.json) with a feature shard per training shard. `teacher_grid_errors` runs once the teachers are built,
-before any step: every teacher must reach every student grid it is asked to match. Errors name the field or path.
+(FSDP needs GPUs), every value with a range is in it (radio.ranges: batch sizes, steps, warm-up, depth, heads,
+patch size, learning rate, weight decay, workers, crop scale, image-pixel limit, the trainer's step counts and
+intervals, checkpoint intervals; each error names the field and the allowed range), and a `data.cache` holds,
+for every teacher it reads, a cache written for that teacher (meta.json) with a feature shard per training
+shard. `teacher_grid_errors` runs once the teachers are built, before any step: every teacher must reach every
+student grid it is asked to match. Errors name the field or path.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import inspect
 import os
 import tarfile
 from typing import Any, Iterable, Mapping
+
+from radio.ranges import COUNT, OPTIONAL_COUNT, OPTIONAL_NON_NEGATIVE_INT, Range, fields_errors
 
 
 class ConfigError(ValueError):
@@ -104,6 +109,48 @@ def strategy_errors(trainer: Any) -> list[str]:
     return errors
 
 
+TRAINER_RANGES: dict[str, Range] = {
+    "max_steps": Range(lo=1, integer=True, also=(-1,)),
+    "max_epochs": Range(lo=1, integer=True, optional=True, also=(-1,)),
+    "min_steps": OPTIONAL_NON_NEGATIVE_INT, "min_epochs": OPTIONAL_NON_NEGATIVE_INT,
+    "check_val_every_n_epoch": OPTIONAL_COUNT, "log_every_n_steps": OPTIONAL_COUNT,
+    "num_sanity_val_steps": Range(lo=-1, integer=True, optional=True),
+    "gradient_clip_val": Range(lo=0, optional=True),
+}
+# (integer range, fraction range) of the trainer's fields that take a count or a fraction
+TRAINER_COUNT_OR_FRACTION: dict[str, tuple[Range, Range]] = {
+    "val_check_interval": (COUNT, Range(lo=0, hi=1, lo_open=True)),
+    "limit_train_batches": (Range(lo=1, integer=True), Range(lo=0, hi=1, lo_open=True)),
+    "limit_val_batches": (Range(lo=0, integer=True), Range(lo=0, hi=1)),
+}
+CHECKPOINT_RANGES: dict[str, dict[str, Range]] = {  # checkpoint callbacks by class name
+    "RadioCheckpoint": {"every_n_train_steps": COUNT, "keep_last": Range(lo=1, integer=True, also=(-1,))},
+    "ModelCheckpoint": {"every_n_train_steps": OPTIONAL_NON_NEGATIVE_INT,
+                        "save_top_k": Range(lo=-1, integer=True)},
+}
+
+
+def trainer_errors(trainer: Any) -> list[str]:
+    """The trainer's step counts and intervals, and the checkpoint callbacks' intervals, are in their ranges."""
+    if trainer is None:
+        return []
+    errors = fields_errors("trainer", trainer, TRAINER_RANGES)
+    for key, (whole, fraction) in TRAINER_COUNT_OR_FRACTION.items():
+        v = _get(trainer, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue  # None (the default), or a time interval (checked by Lightning)
+        if not (whole.accepts(v) if isinstance(v, int) else fraction.accepts(v)):
+            errors.append(f"trainer.{key}: must be {whole.describe()} (batches) or {fraction.describe()} (a "
+                          f"fraction), got {v!r}")
+    callbacks = _get(trainer, "callbacks") or []
+    for i, cb in enumerate(callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]):
+        name = str(_get(cb, "class_path", type(cb).__name__)).rsplit(".", 1)[-1]
+        if name in CHECKPOINT_RANGES:
+            where = f"trainer.callbacks[{i}]" + (".init_args" if _get(cb, "class_path") else "")
+            errors += fields_errors(where, _get(cb, "init_args", cb), CHECKPOINT_RANGES[name])
+    return errors
+
+
 def shard_content_errors(urls: list[str], what: str) -> list[str]:
     """Shards that are empty or do not start with a tar header; all of them being so is an empty shard set.
     One header read per shard (the full scan, with exact fault counts, happens when the data is set up)."""
@@ -183,8 +230,15 @@ def validate_recipe(cfg: Any) -> None:
     model, data = _get(cfg, "model"), _get(cfg, "data")
     model_args = _get(model, "init_args", model)
     data_args = _get(data, "init_args", data)
+    from radio.data.datamodule import DATA_RANGES
+    from radio.losses import LossConfig
+    from radio.model.adaptors import AdaptorConfig
+    from radio.model.vit import student_errors
+    from radio.train.config import NormalizationConfig, OptimConfig, StabilityConfig, TeacherEntry, section_errors
+
     errors: list[str] = unknown_key_errors(cfg)
     errors += strategy_errors(_get(cfg, "trainer"))
+    errors += trainer_errors(_get(cfg, "trainer"))
 
     valid = teacher_lib.available()
     entries = _get(model_args, "teachers") or []
@@ -202,15 +256,24 @@ def validate_recipe(cfg: Any) -> None:
         if norm not in NORMALIZERS:
             errors.append(f"model.teachers[{i}].normalizer: unknown normalizer {norm!r}; valid: "
                           f"{', '.join(NORMALIZERS.names())}")
+        errors += section_errors(TeacherEntry, t, f"model.teachers[{i}]")
+    for key, cls in (("optimizer", OptimConfig), ("loss", LossConfig), ("adaptor", AdaptorConfig),
+                     ("normalization", NormalizationConfig), ("stability", StabilityConfig)):
+        errors += section_errors(cls, _get(model_args, key), f"model.{key}")
 
     student = _get(model_args, "student")
+    student_ranges = student_errors(student if student is not None else {}, "model.student")
+    errors += student_ranges
+    if not student_ranges:
+        try:
+            fields = {k: _get(student, k) for k in StudentConfig.__dataclass_fields__ if _get(student, k) is not None}
+            StudentConfig(**fields).resolved()
+        except (ValueError, TypeError) as e:
+            errors.append(f"model.student: {e}")
     patch = _get(student, "patch_size", 16)
-    try:
-        fields = {k: _get(student, k) for k in StudentConfig.__dataclass_fields__ if _get(student, k) is not None}
-        StudentConfig(**fields).resolved()
-    except (ValueError, TypeError) as e:
-        errors.append(f"model.student: {e}")
     max_res = _get(student, "max_resolution", 2048)
+    if not (COUNT.accepts(patch) and COUNT.accepts(max_res)) or max_res < patch:  # named above; no grid
+        patch, max_res = None, None
 
     stages = _get(data_args, "stages")
     res, bs = _get(data_args, "resolution"), _get(data_args, "batch_size")
@@ -225,12 +288,11 @@ def validate_recipe(cfg: Any) -> None:
     if val_res is not None:
         errors += resolution_errors("data.val_resolution", val_res, 0, 0)
 
+    errors += fields_errors("data", data_args, DATA_RANGES)
+
     validation = _get(model_args, "validation")
     for j, r in enumerate(_get(validation, "resolutions") or []):
         errors += resolution_errors(f"model.validation.resolutions[{j}]", r, patch, max_res)
-    est = _get(_get(model_args, "normalization"), "estimate_steps", 1)
-    if est is not None and est < 1:
-        errors.append(f"model.normalization.estimate_steps: must be >= 1, got {est}")
 
     urls = None
     for key in ("shards", "val_shards"):
@@ -243,9 +305,6 @@ def validate_recipe(cfg: Any) -> None:
             errors += shard_content_errors(found, f"data.{key}")
         except FileNotFoundError as e:
             errors.append(str(e))
-    bad = _get(data_args, "max_bad_fraction")
-    if bad is not None and not 0 <= bad <= 1:
-        errors.append(f"data.max_bad_fraction: must be in [0, 1], got {bad}")
     if _get(data_args, "cache") is not None:
         errors += _cache_errors(entries, patch, data_args, urls)
 

@@ -49,7 +49,8 @@ def test_mistyped_partition_fields_are_named_not_a_traceback(synth_dir, tmp_path
     with pytest.raises(ConfigError) as e:
         validate_recipe(r)
     for p in ("data.stages[0].steps: every stage but the last needs an integer steps >= 1, got 2.5",
-              "data.stages[0].partitions[0].resolution: must be a positive number of pixels, got '64'",
+              "data.stages[0].partitions[0].resolution: must be a positive number of pixels (an integer >= 1), "
+              "got '64'",
               "data.stages[0].partitions[0].teachers: must be a list of teacher names, got 'dino_v2'",
               "data.stages[1].partitions[0].batch_size: must be an integer >= 1, got '8'"):
         assert p in str(e.value), (p, str(e.value))
@@ -76,7 +77,7 @@ def test_unknown_normalizer_and_bad_fidelity_resolution_fail(synth_dir, tmp_path
             "model.teachers[0].normalizer: unknown normalizer 'zca'; valid: channel_std, global_std, none, "
             "pca_whiten, phis",
             "model.validation.resolutions[1]: 72 is not a multiple of the student's patch size 16",
-            "model.normalization.estimate_steps: must be >= 1, got 0")
+            "model.normalization.estimate_steps: must be an integer >= 1, got 0")
 
 
 @pytest.mark.parametrize("name", ["radio-v2.5-b", "radio-v2.5-l"])
@@ -136,7 +137,7 @@ def test_fsdp_on_the_cpu_and_bad_fraction_fail_before_compute(synth_dir, tmp_pat
     r = tiny_recipe(str(synth_dir / "train"), None, tmp_path, max_bad_fraction=1.5)
     r["trainer"].update(strategy="fsdp", devices=2)
     _expect(r, tmp_path, monkeypatch, "trainer.strategy: fsdp (FSDP) needs GPUs",
-            "data.max_bad_fraction: must be in [0, 1], got 1.5")
+            "data.max_bad_fraction: must be a finite number in [0, 1], got 1.5")
     r["trainer"].update(strategy={"class_path": "lightning.pytorch.strategies.FSDPStrategy"}, devices=2)
     _expect(r, tmp_path, monkeypatch, "(FSDP) needs GPUs")
     r["trainer"]["strategy"] = "dpp"
