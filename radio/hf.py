@@ -93,6 +93,8 @@ class RADIOStudentModel(PreTrainedModel):
         kwargs["use_safetensors"] = True
         want_info = kwargs.pop("output_loading_info", False)
         verify = kwargs.pop("verify", None)
+        if "torch_dtype" not in kwargs:  # as exported: not config.json's "dtype", which no checksum covers
+            kwargs.setdefault("dtype", torch.float32)
         local = Path(str(pretrained_model_name_or_path))
         if local.is_dir():
             info = read_export(local, verify=verify)
