@@ -180,16 +180,17 @@ def export_model(model: RADIOModel, out: str | Path, fmt: str = "safetensors",
     if num_tokens is not None and (not isinstance(num_tokens, int) or num_tokens < 1):
         raise ExportError(f"--num-tokens must be a positive integer, got {num_tokens!r}")
     config = export_config(model, provenance, num_tokens)
-    config["config_sha256"] = config_sha256(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
+        config["config_sha256"] = config_sha256(config)
         save_weights(model, out / WEIGHTS_NAME)
         config["weights_sha256"] = file_sha256(out / WEIGHTS_NAME)
         _write_json(out / CONFIG_NAME, config)
     elif fmt == "hf":
         from radio.hf import save_hf
 
+        config["config_sha256"] = config_sha256(config)
         save_hf(model, out, config)
     elif fmt == "onnx":
         from radio.onnx_export import check_onnx, export_onnx
@@ -199,6 +200,7 @@ def export_model(model: RADIOModel, out: str | Path, fmt: str = "safetensors",
                           "dynamic_axes": {"images": ["batch", "height", "width"]}}
         if verify_onnx:
             config["onnx"]["check"] = check_onnx(model, out / ONNX_NAME)
+        config["config_sha256"] = config_sha256(config)
         _write_json(out / CONFIG_NAME, config)
     else:
         raise ExportError(f"unknown export format {fmt!r}; available: {', '.join(FORMATS)}")
