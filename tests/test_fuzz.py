@@ -101,6 +101,18 @@ def _tensor_edit(state: dict, rng: random.Random) -> str:
     return f"{kind} {key}"
 
 
+def _state(weights: bytes) -> dict:
+    from safetensors.torch import load
+
+    return dict(load(weights))
+
+
+def _safetensors_bytes(state: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save(state, metadata={"format": "pt"})
+
+
 def _write(d: Path, config: bytes, weights: bytes) -> None:
     d.mkdir(exist_ok=True)
     (d / CONFIG).write_bytes(config)
@@ -173,11 +185,7 @@ def test_fuzzed_exports_fail_with_export_error_or_load_the_same_model(export, tm
 
     # 2. consistent checksums over edited content (a well-formed but hostile export): the checks themselves
     def finite(model, unverified):
-        try:
-            out = _outputs(model)
-        except ValueError as e:  # a clear error of the model's own (e.g. a budget the input cannot meet)
-            return None if "num_tokens" in str(e) or "budget" in str(e) else f"ValueError {e}"
-        return None if all(bool(torch.isfinite(t).all()) for t in out) else "non-finite outputs"
+        return None if all(bool(torch.isfinite(t).all()) for t in _outputs(model)) else "non-finite outputs"
 
     for i in range(120):
         rng = random.Random(1000 + i)
@@ -193,7 +201,7 @@ def test_fuzzed_exports_fail_with_export_error_or_load_the_same_model(export, tm
         _write(d, _checksummed(cfg, weights), weights)
         case("consistent", i, kind, check)
 
-    # 3. no checksums: flips of the weights (the header more often) load only with the unverified warning
+    # 3. no checksums: flips of the weights (half of them in its header) load only with the unverified warning
     for i in range(60):
         rng = random.Random(2000 + i)
         cfg = {k: v for k, v in json.loads(export["config"]).items() if k not in ("weights_sha256", "config_sha256")}
@@ -213,18 +221,6 @@ def test_fuzzed_exports_fail_with_export_error_or_load_the_same_model(export, tm
     assert total["cases"] == 400
     # both outcomes occur in each mode: the fuzz reaches the checks and the models that pass them
     assert all(s["rejected"] and s["loaded"] for s in stats.values()), stats
-
-
-def _state(weights: bytes) -> dict:
-    from safetensors.torch import load
-
-    return dict(load(weights))
-
-
-def _safetensors_bytes(state: dict) -> bytes:
-    from safetensors.torch import save
-
-    return save(state, metadata={"format": "pt"})
 
 
 # ---- shard fuzzing -------------------------------------------------------------------------------------------------
