@@ -10,7 +10,10 @@ import as soon as transformers is imported (radio._import_hooks), so `radio.load
     out = model(images)                                      # same outputs as radio.load(DIR)(images)
 
 Weights are safetensors only (`use_safetensors=True` is forced: no pickle is ever loaded) and must match the
-config exactly: a missing, unexpected or mis-shaped key is an error, not a warning.
+config exactly: a missing, unexpected, mis-shaped or mis-typed key is an error, not a warning. A local
+directory is checked as `radio.load` checks it: its checksums (config.json's `radio_config` and
+model.safetensors; a missing one is a warning, or an error with `verify=True`), the dtypes in the weights file
+and the values' finiteness.
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from radio.export import (CONFIG_NAME, HF_MODEL_TYPE, WEIGHTS_NAME, ExportError, build_model, file_sha256,
-                          load_into, read_export, restore_derived_buffers, verify_weights)
+from radio.export import (CONFIG_NAME, HF_MODEL_TYPE, WEIGHTS_NAME, ExportError, build_model, check_finite,
+                          check_weights_header, file_sha256, load_into, read_export, restore_derived_buffers,
+                          verify_weights)
 from radio.model.radio_model import ModelConfig, RADIOModel
 from radio.types import IntermediatesOutput
 
@@ -82,20 +86,28 @@ class RADIOStudentModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`: safetensors only, strict keys, checksum checked (local)."""
+        """`PreTrainedModel.from_pretrained`: safetensors only, strict keys; a local directory's checksums,
+        dtypes and values are checked as by `radio.load` (`verify`: as radio.load's)."""
         if kwargs.get("use_safetensors") is False:
             raise ExportError("radio students load from safetensors only; pickled weights are never loaded")
         kwargs["use_safetensors"] = True
         want_info = kwargs.pop("output_loading_info", False)
+        verify = kwargs.pop("verify", None)
+        if "torch_dtype" not in kwargs:  # as exported: not config.json's "dtype", which no checksum covers
+            kwargs.setdefault("dtype", torch.float32)
         local = Path(str(pretrained_model_name_or_path))
         if local.is_dir():
-            verify_weights(read_export(local))
+            info = read_export(local, verify=verify)
+            verify_weights(info, verify)
+            with torch.device("meta"):
+                check_weights_header(info, build_model(info.config, repr(str(local / CONFIG_NAME))))
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                               **kwargs)
         problems = {k: sorted(v)[:5] for k, v in info.items()
                     if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise ExportError(f"{pretrained_model_name_or_path}: weights do not match the config: {problems}")
+        check_finite(model.model.state_dict(), f"{pretrained_model_name_or_path}")
         model.eval()
         return (model, info) if want_info else model
 

@@ -78,7 +78,7 @@ def radio_student(pretrained: bool = False, radio_config: Any = None, **kwargs: 
         **kwargs: StudentConfig fields (arch, patch_size, embed_dim, ...) and `num_summary_tokens` for a model
             without an export; timm's own options (pretrained_cfg_overlay, ...).
     """
-    from radio.export import ExportError, read_export, verify_weights
+    from radio.export import ExportError, build_model, check_weights_header, read_export, verify_weights
 
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     config, weights = _resolve(radio_config)
@@ -89,7 +89,11 @@ def radio_student(pretrained: bool = False, radio_config: Any = None, **kwargs: 
         if weights is None:
             raise ExportError("radio_student has no hosted weights: pass "
                               "pretrained_cfg_overlay=dict(file=EXPORT_DIR)")
-        verify_weights(read_export(weights.parent))  # checksum; timm then reads the safetensors file
+        info = read_export(weights.parent)
+        verify_weights(info)  # checksums; timm then reads the safetensors file (and would cast its dtypes)
+        if Path(weights) == info.weights:
+            with torch.device("meta"):
+                check_weights_header(info, build_model(info.config, repr(str(weights.parent))))
         overlay["file"] = str(weights)
     for k in ("num_classes", "global_pool"):
         if kwargs.pop(k, None) not in (None, 0, ""):

@@ -142,3 +142,22 @@ def fit_tiny(synth_dir: Path, root: Path, steps: int):
     recipe = write_recipe(tiny_recipe(str(synth_dir / "train"), str(synth_dir / "val"), root, steps=steps),
                           root / "recipe.yaml")
     return recipe, run_fit(["--config", str(recipe)])
+
+
+def tiny_student(seed: int = 0, normalizer: str = "phis") -> RADIOModel:
+    """A random 1-block student with two heads (one with a summary and a PHI-S normalizer: float32, float64 and
+    bool tensors), small enough to export and load in milliseconds."""
+    from radio.model.radio_model import TeacherHead
+    from radio.model.vit import StudentConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = StudentConfig(arch="custom", embed_dim=16, depth=1, num_heads=2, patch_size=8, max_resolution=32,
+                                register_multiple=2)
+        model = RADIOModel(ModelConfig(student, [TeacherHead("a", 8, 12, normalizer=normalizer),
+                                                 TeacherHead("b", None, 8)]))
+        for norm in model.normalizers.values():  # fitted statistics, so the normalizer is not the identity
+            if norm.needs_statistics:
+                norm.update(torch.randn(64, norm.dim) * 2 + 1)
+                norm.freeze()
+    return model.eval()

@@ -3,6 +3,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 
 import pytest
 import timm
@@ -11,10 +12,11 @@ from safetensors.torch import load_file, save_file
 
 import radio
 from radio.cli.main import main
-from radio.export import ExportError, export_checkpoint, file_sha256, load, read_checkpoint
+from radio.export import (ExportError, UnverifiedExportWarning, config_sha256, export_checkpoint, file_sha256, load,
+                          read_checkpoint, save_model, verification)
 from radio.model.radio_model import FORMAT_VERSION, nearest_valid_sizes
 from radio.types import StudentOutput
-from tests.helpers import NAMES, assert_same_outputs, reference_model
+from tests.helpers import NAMES, assert_same_outputs, reference_model, tiny_student
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,7 @@ def test_checkpoint_export_load_bit_identical(fit_checkpoint, native):
         assert torch.equal(ia.summary, ib.summary) and torch.equal(ia.features, ib.features)
     cfg = json.loads((native / "config.json").read_text())
     assert cfg["format_version"] == FORMAT_VERSION and cfg["weights_sha256"] == file_sha256(native / "model.safetensors")
+    assert cfg["config_sha256"] == config_sha256(cfg)
     assert cfg["preprocessing"]["resolution_step"] == 16 and cfg["preprocessing"]["mean"] == list(ref.config.student.mean)
 
 
@@ -148,6 +151,11 @@ def _rewrite_weights(d, state):
     (d / "config.json").write_text(json.dumps(cfg))
 
 
+def _rewrite_config(d, cfg):
+    """Write an edited config.json with a matching checksum (an export made that way, not a corrupted one)."""
+    (d / "config.json").write_text(json.dumps({**cfg, "config_sha256": config_sha256(cfg)}))
+
+
 def test_truncated_weights_are_a_clear_error(copy_of):
     w = copy_of / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
@@ -170,13 +178,15 @@ def test_corrupted_weights_are_a_clear_error(copy_of):
 
 def test_exports_of_format_version_1_still_load(copy_of, native):
     cfg = json.loads((copy_of / "config.json").read_text())
-    cfg["format_version"] = 1  # written before has_adaptor, defaults and the checksum existed
-    for key in ("weights_sha256", "defaults"):
+    cfg["format_version"] = 1  # written before has_adaptor, defaults and the checksums existed
+    for key in ("weights_sha256", "config_sha256", "defaults"):
         del cfg[key]
     for t in cfg["teachers"]:
         del t["has_adaptor"]
     (copy_of / "config.json").write_text(json.dumps(cfg))
-    assert_same_outputs(load(native), load(copy_of), torch.rand(1, 3, 32, 32))
+    with pytest.warns(UnverifiedExportWarning, match="has no weights_sha256: the export is unverified"):
+        old = load(copy_of)
+    assert_same_outputs(load(native), old, torch.rand(1, 3, 32, 32))
 
 
 def test_newer_format_version_is_a_clear_error(copy_of):
@@ -198,12 +208,12 @@ def test_missing_or_unknown_keys_are_clear_errors(copy_of):
         load(copy_of)
     cfg = json.loads((copy_of / "config.json").read_text())
     cfg["teachers"][0]["normalizer"] = "phis_v9"
-    (copy_of / "config.json").write_text(json.dumps(cfg))
+    _rewrite_config(copy_of, cfg)
     with pytest.raises(ExportError, match=r"config.json': unknown normalizer 'phis_v9'; valid normalizer names"):
         load(copy_of)
     cfg["teachers"][0]["normalizer"] = "none"
     cfg["student"]["embed_dims"] = 64
-    (copy_of / "config.json").write_text(json.dumps(cfg))
+    _rewrite_config(copy_of, cfg)
     with pytest.raises(ExportError, match=r"config.json: student: unknown key\(s\) \['embed_dims'\]"):
         load(copy_of)
 
@@ -223,6 +233,125 @@ def test_no_pickle_is_ever_loaded(native, tmp_path, monkeypatch):
     torch.save(load_file(str(native / "model.safetensors")), pickled / "pytorch_model.bin")
     with pytest.raises(ExportError, match="pytorch_model.bin is pickled; radio never unpickles an export"):
         load(pickled)
+
+
+# ---- untrusted exports (a tiny student: milliseconds per load) ----------------------------------------------
+@pytest.fixture
+def tiny(tmp_path):
+    return save_model(tiny_student(), tmp_path / "tiny")
+
+
+def _flip_a_weight(d):
+    w = d / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-7] ^= 0x40  # inside the last tensor
+    w.write_bytes(bytes(data))
+
+
+def test_a_missing_checksum_warns_and_is_an_error_under_verify(tiny):
+    cfg = json.loads((tiny / "config.json").read_text())
+    del cfg["weights_sha256"]
+    _rewrite_config(tiny, cfg)
+    _flip_a_weight(tiny)  # without the checksum nothing can tell
+    with pytest.warns(UnverifiedExportWarning, match=r"config.json' has no weights_sha256: the export is unverified"):
+        load(tiny)
+    with pytest.raises(ExportError, match=r"has no weights_sha256: .* load it with verify=False"):
+        load(tiny, verify=True)
+    with verification(True), pytest.raises(ExportError, match="has no weights_sha256"):
+        load(tiny)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load(tiny, verify=False)
+    del cfg["config_sha256"]
+    (tiny / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match="has no weights_sha256 or config_sha256"):
+        load(tiny, verify=True)
+
+
+def test_an_edited_or_corrupted_config_is_caught_by_its_checksum(tiny):
+    text = (tiny / "config.json").read_text()
+    assert text.count('"r": 0,') == 1
+    (tiny / "config.json").write_text(text.replace('"r": 0,', '"r": 1,'))  # one flipped bit: '0' -> '1'
+    with pytest.raises(ExportError, match="config.json' was modified or corrupted after export"):
+        load(tiny)
+    assert load(tiny, verify=False).config.tome.r == 1  # what a check-less load would have used: other outputs
+
+
+def _retype(d, edit):
+    state = load_file(str(d / "model.safetensors"))
+    edit(state)
+    _rewrite_weights(d, state)
+
+
+def test_a_tensor_of_another_dtype_or_with_nan_is_a_clear_error(tiny):
+    key = "backbone.blocks.0.mlp.fc1.weight"
+    _retype(tiny, lambda s: s.update({key: s[key].half()}))
+    with pytest.raises(ExportError, match=rf"model.safetensors' does not match its config: .*dtype mismatches "
+                                          rf"\['{key}: torch.float16 vs torch.float32'\]"):
+        load(tiny)
+    with pytest.raises(ExportError, match=rf"dtype mismatches \['{key}: torch.float16"):  # timm would cast it
+        timm.create_model("radio_student", pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny)))
+    _retype(tiny, lambda s: s.update({key: s[key].float(), "normalizers.a.count": s["normalizers.a.count"].float()}))
+    with pytest.raises(ExportError, match=r"normalizers.a.count: torch.float32 vs torch.float64"):
+        load(tiny)
+    _retype(tiny, lambda s: s.update({"normalizers.a.count": s["normalizers.a.count"].double(),
+                                      "normalizers.a.fitted": s["normalizers.a.fitted"].to(torch.uint8)}))
+    with pytest.raises(ExportError, match=r"normalizers.a.fitted: torch.uint8 vs torch.bool"):
+        load(tiny)
+    _retype(tiny, lambda s: s.update({"normalizers.a.fitted": s["normalizers.a.fitted"].bool()}))
+    load(tiny)  # all back as they were
+    _retype(tiny, lambda s: s[key].view(-1).__setitem__(3, float("nan")))
+    with pytest.raises(ExportError, match=rf"model.safetensors': non-finite values \(NaN or infinity\) in \['{key}'\]"):
+        load(tiny)
+
+
+@pytest.mark.parametrize("path, value, match", [
+    (("student", "depth"), "2", r"student.depth must be an integer in \[1, 1024\] or null, got '2'"),
+    (("student", "depth"), -1, r"student.depth must be an integer in \[1, 1024\] or null, got -1"),
+    (("student", "depth"), True, r"student.depth must be an integer .* got True"),
+    (("student", "patch_size"), 16.0, r"student.patch_size must be an integer in \[1, 1024\], got 16.0"),
+    (("student", "mean"), [0.5], r"student.mean must be a list of 3 finite numbers, got \[0.5\]"),
+    (("student", "std"), [0, 0, 0], r"student.std must be a list of 3 finite numbers > 0, got \[0, 0, 0\]"),
+    (("student", "std"), [0.2, -0.2, 0.2], r"student.std must be a list of 3 finite numbers > 0"),
+    (("student", "embed_dim"), 10 ** 12, r"student.embed_dim must be an integer in \[1, 65536\] or null"),
+    (("student", "max_resolution"), 4, r"student.max_resolution 4 is smaller than student.patch_size 8"),
+    (("student", "arch"), "vit_gigantic", r"unknown student.arch 'vit_gigantic'"),
+    (("teachers", 0, "feature_dim"), 10 ** 9, r"teachers\[0\].feature_dim must be an integer in \[1, 65536\]"),
+    (("teachers", 0, "has_adaptor"), "yes", r"teachers\[0\].has_adaptor must be true or false"),
+    (("teachers", 0, "name"), "a.b", r"teachers\[0\].name must be a non-empty string without '.'"),
+    (("adaptor", "num_inner"), 1.5, r"adaptor.num_inner must be an integer"),
+    (("tome", "num_tokens"), True, r"tome.num_tokens must be an integer in \[1, 1048576\] or null, got True"),
+    (("format_version",), 0, r"format_version must be a positive integer, got 0"),
+    (("format_version",), -7, r"format_version must be a positive integer, got -7"),
+    (("format_version",), True, r"format_version must be a positive integer, got True"),
+    (("format_version",), "3", r"format_version must be a positive integer, got '3'"),
+    (("teachers",), {"a": 1}, r"teachers must be a list of at most 256 objects"),
+    (("defaults",), [], r"defaults must be a JSON object, got list"),
+    (("resolution_step",), 16, r"resolution_step is 16, which does not match the model's configuration \(8\)"),
+    (("preprocessing", "mean"), [0, 0, 0], r"preprocessing.mean is \[0, 0, 0\], which does not match"),
+    (("weights_sha256",), 12, r"weights_sha256 must be a sha256 \(64 hex digits\), got 12"),
+])
+def test_bad_config_values_are_export_errors_naming_file_and_key(tiny, path, value, match):
+    cfg = json.loads((tiny / "config.json").read_text())
+    node = cfg
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    _rewrite_config(tiny, cfg)  # a consistent (checksummed) but bad config: the checks themselves must catch it
+    with pytest.raises(ExportError, match=r"tiny/config.json'?: .*" + match):
+        load(tiny)
+
+
+def test_radio_eval_requires_checksums_unless_no_verify(tiny, synth_dir, tmp_path, capsys):
+    cfg = json.loads((tiny / "config.json").read_text())
+    del cfg["weights_sha256"]
+    _rewrite_config(tiny, cfg)
+    args = ["eval", "knn", "--model", str(tiny), "--data", str(synth_dir), "--limit", "16", "--resolution", "32",
+            "--no-progress", "--pca-images", "0"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+    assert "has no weights_sha256: the export is unverified" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "b"), "--no-verify"]) == 0
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["probes"]["knn"]["tiny"]
 
 
 # ---- model card and CLI -------------------------------------------------------------------------------------------

@@ -89,10 +89,9 @@ def test_hf_errors_are_clear(hf_dir, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["weights_sha256"] = file_sha256(d / "model.safetensors")
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ExportError, match=f"missing_keys.*{key}"):
-        AutoModel.from_pretrained(d)
-    with pytest.raises(ExportError, match=f"missing keys \\['{key[len('model.'):]}'\\]"):
-        radio.load(d)
+    for loader in (AutoModel.from_pretrained, radio.load):  # the file's header, before transformers reads it
+        with pytest.raises(ExportError, match=f"missing keys \\['{key[len('model.'):]}'\\]"):
+            loader(d)
     cfg["radio_config"]["format_version"] += 1
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ExportError, match="is newer than this radio supports"):
@@ -109,3 +108,35 @@ def test_eval_resolves_the_teachers_recorded_in_an_hf_export(fit_checkpoint, hf_
         assert recorded_teacher(hf_dir, name) == recorded_teacher(native, name)
     enc = load_encoder(f"{hf_dir}::{NAMES[0]}")
     assert enc.name == NAMES[0] and enc.kind == "teacher"
+
+
+def test_hf_loading_checks_dtypes_checksums_and_ignores_an_edited_dtype(tmp_path):
+    import warnings
+
+    from radio.export import UnverifiedExportWarning, export_model
+    from tests.helpers import tiny_student
+
+    d = export_model(tiny_student(), tmp_path / "hf", "hf")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["dtype"] = "bfloat16"  # transformers would build the model in it; no checksum covers this key
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert {v.dtype for v in AutoModel.from_pretrained(d).state_dict().values()} == {
+        v.dtype for v in radio.load(d).state_dict().values()} == {torch.float32, torch.float64, torch.bool}
+    state = load_file(str(d / "model.safetensors"))
+    key = "model.backbone.blocks.0.mlp.fc1.weight"
+    save_file({**state, key: state[key].half()}, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg["weights_sha256"] = file_sha256(d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps(cfg))
+    for loader in (AutoModel.from_pretrained, radio.load):
+        with pytest.raises(ExportError, match=rf"dtype mismatches \['{key[len('model.'):]}: torch.float16 vs"):
+            loader(d)
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+    del cfg["weights_sha256"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UnverifiedExportWarning, match="has no weights_sha256: the export is unverified"):
+        AutoModel.from_pretrained(d)
+    with pytest.raises(ExportError, match="has no weights_sha256"):
+        AutoModel.from_pretrained(d, verify=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnverifiedExportWarning)
+        AutoModel.from_pretrained(d, verify=False)

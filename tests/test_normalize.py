@@ -151,15 +151,17 @@ def test_statistics_survive_a_state_dict_round_trip():
 def _rank(rank: int, world: int, port: int, chunks, queue) -> None:
     import torch.distributed as dist
 
+    # Plain data both ways (numpy in, lists out): a tensor put on a torch.multiprocessing queue is shared
+    # through a file descriptor that the receiver opens later, after this process may have exited.
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         n = PHIS(12)
-        n.update(chunks[rank])
+        n.update(torch.from_numpy(chunks[rank]))
         local_count = n.count.item()
         n.fit()
-        fitted_w = n.weight.clone()
+        fitted_w = n.weight.tolist()
         n.freeze()
-        queue.put((rank, local_count, n.count.item(), fitted_w, n.weight.clone(), n.running_m2.clone()))
+        queue.put((rank, local_count, n.count.item(), fitted_w, n.weight.tolist(), n.running_m2.tolist()))
     finally:
         dist.destroy_process_group()
 
@@ -170,7 +172,7 @@ def test_statistics_are_all_reduced_across_ranks():
     import torch.multiprocessing as mp
 
     x = correlated(3000, 12, seed=7).float()
-    chunks = [x[:1000], x[1000:]]  # unequal shares, different distributions per rank are merged exactly
+    chunks = [x[:1000].numpy(), x[1000:].numpy()]  # unequal shares, different distributions merged exactly
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -188,6 +190,7 @@ def test_statistics_are_all_reduced_across_ranks():
     assert [r[1] for r in results] == [1000, 2000]  # each rank streamed only its own share
     for _, _, total, fit_w, frozen_w, m2 in results:
         assert total == 3000
+        fit_w, frozen_w, m2 = torch.tensor(fit_w), torch.tensor(frozen_w), torch.tensor(m2, dtype=torch.float64)
         assert torch.allclose(fit_w, once.weight, atol=1e-5) and torch.allclose(frozen_w, once.weight, atol=1e-5)
         assert torch.allclose(m2, once.running_m2, rtol=1e-9)
     assert all_reduce_moments(batch_moments(x)).n.item() == 3000  # no process group: the identity

@@ -29,6 +29,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from eval.report import headline
     from eval.run import EvalOptions, run_eval
     from eval.vlm import VLMConfig
+    from radio.export import verification
 
     vlm = VLMConfig(lm=a.lm, num_tokens=a.num_tokens, stage1_epochs=a.stage1_epochs, stage2_epochs=a.stage2_epochs,
                     stage2_lr=a.stage2_lr, batch_size=a.vlm_batch_size, pre_norm=not a.no_pre_norm,
@@ -43,7 +44,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
                        fidelity_images=a.fidelity_images, vlm=vlm, vlm_data=a.vlm_data, vlm_limit=a.vlm_limit,
                        pca_images=a.pca_images, with_teachers=a.with_teachers)
     try:
-        report = run_eval([a.probe], a.model, a.data, a.out, opts, names=a.name)
+        with verification(not a.no_verify):  # exports must carry checksums that match, unless --no-verify
+            report = run_eval([a.probe], a.model, a.data, a.out, opts, names=a.name)
     except (DatasetError, ModelSpecError) as e:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2
@@ -66,6 +68,9 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--model", action="append", required=True,
                    help="export dir, EXPORT_DIR::TEACHER (the teacher as trained), teacher config file or teacher "
                         "name; repeat it to put students and teachers side by side in one report")
+    g.add_argument("--no-verify", action="store_true",
+                   help="load student exports without checking their checksums (by default an export whose "
+                        "config.json has no weights_sha256/config_sha256, or one that does not match, is an error)")
     g.add_argument("--name", action="append", help="display name per --model, in order (default: derived)")
     g.add_argument("--with-teachers", action="store_true",
                    help="also evaluate every teacher recorded in each student export's provenance (one line per "

@@ -188,7 +188,7 @@ def decode_sample(raw: dict[str, Any], need_mask: bool = False, max_pixels: int 
             raise SampleError(f"bad json member: {e}", url, key) from e
     try:
         label = int(meta.get("label", -1)) if isinstance(meta, dict) else -1
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # OverflowError: an infinite label
         raise SampleError(f"json member: 'label' must be an integer class index, got {meta.get('label')!r}",
                           url, key) from e
     mask = None
