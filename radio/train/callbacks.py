@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import pickle
 import re
 import secrets
 import shutil
@@ -76,7 +77,12 @@ class CheckpointHead(NamedTuple):
 def read_checkpoint_head(path: str) -> CheckpointHead:
     """Open a checkpoint file as `torch.load(weights_only=True)` does, with its tensors memory-mapped (not read):
     a truncated file has no zip central directory and fails here, as does one whose structure cannot be read."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. a file system without mmap: the plain load decides
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("global_step"), int):
         raise ValueError("not a Lightning checkpoint (no global_step)")
     run = ckpt.get("radio_run")
@@ -86,13 +92,17 @@ def read_checkpoint_head(path: str) -> CheckpointHead:
 def resume_checkpoint(dirpath: str, report: bool = True) -> Optional[str]:
     """The checkpoint `--ckpt_path last` resumes from in `dirpath` (None if no file there is intact): among the
     intact `*.ckpt` files of the run that wrote the newest of them, the highest global step (`last*.ckpt` on a
-    tie). Unreadable files are skipped, each named in a warning when `report`."""
+    tie). Unreadable files are skipped, each named in a warning when `report`; a whole file that holds more than
+    weights_only=True admits is refused (pickle.UnpicklingError naming it), as the Trainer's own load would."""
     heads: list[tuple[str, CheckpointHead, float]] = []
     for path in sorted(glob.glob(os.path.join(glob.escape(dirpath), "*.ckpt"))):
         if not os.path.isfile(path):
             continue
         try:
             heads.append((path, read_checkpoint_head(path), os.path.getmtime(path)))
+        except pickle.UnpicklingError as e:  # whole, but holding objects beyond weights_only: refused, not skipped
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise pickle.UnpicklingError(f"{path}: {first}") from e
         except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
             if report:
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
