@@ -5,10 +5,13 @@ carries pickled objects beyond tensors and plain containers is refused with `Uns
 it runs. A checkpoint's `hyper_parameters` are not merged over the recipe: the recipe alone says what is built
 (`RadioCLI._parse_ckpt_path`). A recipe that lists no checkpoint callback gets
 `radio.train.callbacks.RadioCheckpoint` (atomic writes, the last K kept, `RUN/checkpoints/last.ckpt`).
+One fit runs per `trainer.default_root_dir` (a lock file held for the run's life, radio.train.lock), and the output
+directories are checked writable before anything is computed.
 """
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import warnings
 from typing import Any, Optional, Sequence
@@ -19,6 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from radio.data.datamodule import ShardDataModule
 from radio.train.callbacks import RadioCheckpoint
+from radio.train.lock import RunLock, check_writable, launching_process
 from radio.train.module import DistillModule
 from radio.train.validate import ConfigError, teacher_grid_errors, validate_recipe
 
@@ -31,6 +35,7 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+log = logging.getLogger(__name__)
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -39,6 +44,14 @@ class UnsafeCheckpointError(RuntimeError):
 
 class RadioCLI(LightningCLI):
     """LightningCLI whose recipes are validated before any class is instantiated."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._run_lock: Optional[RunLock] = None
+        try:
+            super().__init__(*args, **kwargs)  # runs the subcommand
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
 
     def _parse_ckpt_path(self) -> None:
         """The recipe is the truth: a checkpoint's hyper-parameters are not merged over it (LightningCLI would).
@@ -51,6 +64,28 @@ class RadioCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         validate_recipe(cfg)
+        if self.subcommand == "fit" and launching_process():
+            self._run_lock = RunLock(cfg.get("trainer.default_root_dir") or os.getcwd()).acquire()
+            old = self._run_lock.taken_over
+            if old:
+                log.warning("took over %s from a run that ended without releasing it (pid %s on host %s, started "
+                            "%s)", self._run_lock.path, old.get("pid"), old.get("host"), old.get("started"))
+
+    def _check_output_dirs(self) -> None:
+        """Before any step: every directory the run will write into exists (or can be made) and takes a file."""
+        trainer = self.trainer
+        dirs = [("trainer.default_root_dir", trainer.default_root_dir)]
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, RadioCheckpoint):
+                cb._ensure_dirpath(trainer)
+            if getattr(cb, "dirpath", None):
+                dirs.append(("the checkpoint directory", cb.dirpath))
+        for lg in trainer.loggers:
+            d = getattr(lg, "root_dir", None) or lg.save_dir
+            if d:
+                dirs.append(("the log directory", d))
+        for what, d in dirs:
+            check_writable(str(d), what)
 
     def _check_built(self) -> None:
         """Checks that need the built teachers (before any step): every teacher reaches every grid it is asked
@@ -78,6 +113,7 @@ class RadioCLI(LightningCLI):
             kwargs["weights_only"] = True
 
     def before_fit(self) -> None:
+        self._check_output_dirs()
         self._check_built()
         self._safe_loading()
 

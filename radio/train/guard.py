@@ -5,8 +5,8 @@ the samples read and found bad by the data loader. A non-finite step is skipped 
 parameter update: the gradients are dropped before the optimizer step, so AdamW's moments and step count stay
 as they were; the step still counts in `global_step`, as with AMP's skipped steps). After
 `max_nonfinite_steps` non-finite steps in a row the module saves a checkpoint and stops with
-`NonFiniteLossError`, naming the teacher and partition terms that went non-finite. The bad-data fraction is
-judged on the global counts, so every rank stops together (radio.data.health).
+`NonFiniteLossError`, naming the teacher and partition terms that went non-finite (a resume starts a new streak).
+The bad-data fraction is judged on the global counts, so every rank stops together (radio.data.health).
 """
 from __future__ import annotations
 
@@ -76,20 +76,26 @@ class RunGuard:
     def must_stop(self) -> bool:
         return self.streak >= self.max_nonfinite_steps
 
-    def stop_message(self, step: int, checkpoint: Optional[str]) -> str:
+    def stop_message(self, step: int, checkpoint: Optional[str], earlier: Optional[str] = None) -> str:
+        """`earlier`: a checkpoint from before the streak began, offered in case the weights went bad before."""
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint could be saved"
+        before = (f" (or from {earlier}, saved before step {self.first_bad_step}, if the loss stays non-finite "
+                  "there)") if earlier else ""
         return (f"training stopped: the loss was non-finite for {self.streak} steps in a row (steps "
                 f"{self.first_bad_step}..{step}; {self.skipped} skipped in all, limit "
                 f"model.stability.max_nonfinite_steps = {self.max_nonfinite_steps}); non-finite terms (teacher/"
                 f"term@partition resolution): {', '.join(self.bad_terms)}; no update was applied for them; "
                 f"{saved}. Lower model.optimizer.lr or check those teachers' inputs, then resume with --ckpt_path "
-                f"{checkpoint or 'last'}")
+                f"{checkpoint or 'last'}{before}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"reads": self.reads, "bad": self.bad, "skipped": self.skipped, "streak": self.streak,
                 "first_bad_step": self.first_bad_step, "bad_terms": list(self.bad_terms)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters; the non-finite streak starts again at 0 (a resume after a stop is a new try, e.g.
+        at a lower lr, and gets the whole `max_nonfinite_steps`)."""
         for k, v in state.items():
             if hasattr(self, k) and k != "max_nonfinite_steps":
                 setattr(self, k, v)
+        self.streak = 0

@@ -10,10 +10,12 @@ one optimizer step. Validation measures fidelity and cos-error per teacher at se
 
 Long runs (radio.train.guard): every step's randomness (the student's position-embedding crops) is seeded from
 (seed, step, rank), so a resumed run repeats the interrupted one; a step whose loss is non-finite on any rank
-is skipped everywhere, and too many in a row save a checkpoint and stop the run; the data loader's bad-sample
-counts are summed over ranks, logged (`data/*`) and held against `data.max_bad_fraction`; `health.json` beside
-the logs reports them at the end. Checkpoints carry the normalizers' statistics merged over ranks, so a resume
-(on any number of ranks) continues their estimation exactly.
+is skipped everywhere (its `train/loss` is logged as nan), and too many in a row save a checkpoint and stop the
+run; the data loader's bad-sample counts are summed over ranks, logged (`data/*`) and held against
+`data.max_bad_fraction` (past it, the run saves a checkpoint after the step and stops); `health.json` beside the
+logs reports them at the end, and why the run stopped if it did. Checkpoints carry the normalizers' statistics
+merged over ranks, so a resume (on any number of ranks) continues their estimation exactly; a resume trains at the
+recipe's `model.optimizer.lr` even if the checkpoint was trained at another one.
 
 References: AM-RADIO (Ranzinger et al., CVPR 2024); PHI-S (Ranzinger et al., 2024); RADIOv2.5 (Heinrich et al.,
 2024).
@@ -25,7 +27,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import numpy as np
@@ -36,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import teachers as teacher_lib
 from radio.data.cached import check_against_teachers
-from radio.data.health import DataHealth, check_bad_fraction
+from radio.data.health import BadDataError, DataHealth, check_bad_fraction
 from radio.data.transforms import resize_grid, resize_images
 from radio.losses import LossConfig, feature_loss, match_grids, summary_cosine_loss, tokens_to_grid
 from radio.model import AdaptorConfig, ModelConfig, RADIOModel, StudentConfig, TeacherHead
@@ -120,6 +122,7 @@ class DistillModule(L.LightningModule):
         self._skip_validation = False
         self.guard = RunGuard(self.stability_cfg.max_nonfinite_steps)
         self._skip_update = False
+        self._bad_data: Optional[BadDataError] = None  # too much bad data: stop after this step
 
     # -- teachers --------------------------------------------------------------------------------------------
     @property
@@ -275,8 +278,7 @@ class DistillModule(L.LightningModule):
                   else (lambda t: t))
         verdict = self.guard.observe(self.global_step, total, terms, reads, bad, reduce)
         self._skip_update = verdict.skip
-        if not verdict.skip:
-            self.log("train/loss", verdict.loss, prog_bar=True, batch_size=1)
+        self.log("train/loss", verdict.loss, prog_bar=True, batch_size=1)  # nan for a skipped step
         self.log_dict({"train/skipped_steps": float(self.guard.skipped), "data/samples_read": float(self.guard.reads),
                        "data/bad_samples": float(self.guard.bad)}, batch_size=1)
         dm = self._datamodule()
@@ -284,9 +286,8 @@ class DistillModule(L.LightningModule):
             try:
                 check_bad_fraction(self.guard.reads, self.guard.bad, dm.max_bad_fraction,
                                    dm.min_reads_for_bad_fraction, dm.health)
-            except Exception:
-                self.write_health_report()
-                raise
+            except BadDataError as e:  # the step's own samples were good: it completes, then the run stops
+                self._bad_data = e
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed this step's randomness from (seed, step, rank): a resumed run draws what the interrupted one did."""
@@ -303,20 +304,42 @@ class DistillModule(L.LightningModule):
                     p.grad = None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not self.guard.must_stop:
-            return
-        from radio.train.callbacks import RadioCheckpoint, atomic_save_checkpoint
+        if self.guard.must_stop:
+            cb = self._radio_checkpoint()
+            earlier = cb.saved_before(self.guard.first_bad_step) if cb is not None else None
+            self._save_and_stop(NonFiniteLossError, "nonfinite",
+                                lambda path: self.guard.stop_message(self.global_step - 1, path, earlier))
+        if self._bad_data is not None:
+            error, self._bad_data = self._bad_data, None
+            self._save_and_stop(BadDataError, "baddata", lambda path: (
+                f"training stopped after step {self.global_step - 1}: {error}; "
+                + (f"checkpoint saved to {path}" if path else "no checkpoint could be saved")))
 
-        cb = next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, RadioCheckpoint)), None)
-        if cb is not None:
-            path = cb.save_now(self.trainer)
-        else:
-            path = os.path.join(self.trainer.default_root_dir, f"nonfinite-step={self.global_step}.ckpt")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_save_checkpoint(self.trainer, path)
-        message = self.guard.stop_message(self.global_step - 1, path)
-        self.write_health_report(stopped=message)
-        raise NonFiniteLossError(message)
+    def _save_and_stop(self, error: type[Exception], kind: str, message: Callable[[Optional[str]], str]) -> None:
+        """Save a checkpoint of the run so far (`last.ckpt`: the kept step checkpoints stay those of before), write
+        health.json with why it stopped, raise `error`."""
+        from radio.train.callbacks import atomic_save_checkpoint
+
+        cb = self._radio_checkpoint()
+        path: Optional[str]
+        try:
+            if cb is not None:
+                path = cb.save_now(self.trainer, step_checkpoint=False)
+            else:
+                path = os.path.join(self.trainer.default_root_dir, f"{kind}-step={self.global_step}.ckpt")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                atomic_save_checkpoint(self.trainer, path)
+        except OSError as e:
+            warnings.warn(f"could not save a checkpoint before stopping: {e}", stacklevel=1)
+            path = None
+        text = message(path)
+        self.write_health_report(stopped=text)
+        raise error(text)
+
+    def _radio_checkpoint(self):
+        from radio.train.callbacks import RadioCheckpoint
+
+        return next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, RadioCheckpoint)), None)
 
     # -- run health ------------------------------------------------------------------------------------------
     def _datamodule(self):
@@ -463,9 +486,36 @@ class DistillModule(L.LightningModule):
                 if prefix + key in state:
                     state[prefix + key] = value.detach().clone().cpu()
 
+    def _recipe_lr(self, checkpoint: dict[str, Any]) -> None:
+        """Resume at the recipe's model.optimizer.lr: where the checkpoint's optimizer and schedule were built for
+        another base lr (e.g. one lowered after a non-finite stop), their restored lrs are rescaled to it (the
+        schedule's shape and position are kept)."""
+        new = float(self.optim_cfg.lr)
+        old: set[float] = set()
+        for state in checkpoint.get("optimizer_states") or []:
+            for g in state.get("param_groups", []):
+                base = float(g.get("initial_lr", g.get("lr", new)))
+                if not math.isclose(base, new, rel_tol=1e-9):
+                    old.add(base)
+                    g["lr"] = float(g["lr"]) * new / base if base > 0 else new
+                    g["initial_lr"] = new
+        for state in checkpoint.get("lr_schedulers") or []:
+            bases = [float(b) for b in state.get("base_lrs", [])]
+            if bases and any(not math.isclose(b, new, rel_tol=1e-9) for b in bases):
+                old.update(bases)
+                if state.get("_last_lr"):
+                    state["_last_lr"] = [float(v) * new / b if b > 0 else new for v, b in zip(state["_last_lr"], bases)]
+                state["base_lrs"] = [new] * len(bases)
+        if old:
+            rank_zero_info(f"model.optimizer.lr: the recipe's {new:g} replaces the checkpoint's "
+                           f"{', '.join(f'{v:g}' for v in sorted(old))} (the resumed run trains at {new:g}, the "
+                           f"schedule continuing from step {checkpoint.get('global_step', '?')})")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.fidelity_history.records = list(checkpoint.get("radio_fidelity_history", []))
         self.guard.load_state_dict(checkpoint.get("radio_guard", {}))
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._recipe_lr(checkpoint)
         rank = self.trainer.global_rank if self._trainer is not None else 0
         if rank == 0:
             return

@@ -17,6 +17,7 @@ from radio.data.datamodule import ShardDataModule
 from radio.data.health import BadDataError
 from radio.data.order import DataOrder
 from tests.helpers import tiny_recipe, write_recipe
+from tests.train.runs import load_checkpoint
 
 STEPS, BATCH = 10, 16
 
@@ -106,6 +107,12 @@ def test_too_much_bad_data_stops_with_a_clear_message(synth_dir, tmp_path, capsy
     assert f"shard={bad / '000000.tar'} key=train-000000" in err
     report = json.loads(next(tmp_path.rglob("health.json")).read_text())
     assert report["bad_reads"] / report["samples_read"] > 0.1 and report["samples_read"] >= 32
+    # the run saved where it stopped (after the step that crossed the threshold) and says why it stopped
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"checkpoint saved to {ckpt}" in err and "more than data.max_bad_fraction" in report["stopped"]
+    saved = load_checkpoint(ckpt)
+    assert saved["global_step"] == report["steps"] == report["samples_read"] // 16
+    assert saved["radio_guard"]["reads"] == report["samples_read"]
 
 
 def test_a_shard_set_without_usable_samples_is_an_error(tmp_path):
