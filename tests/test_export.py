@@ -314,7 +314,7 @@ def test_a_tensor_of_another_dtype_or_with_nan_is_a_clear_error(tiny):
     (("student", "std"), [0, 0, 0], r"student.std must be a list of 3 finite numbers > 0, got \[0, 0, 0\]"),
     (("student", "std"), [0.2, -0.2, 0.2], r"student.std must be a list of 3 finite numbers > 0"),
     (("student", "embed_dim"), 10 ** 12, r"student.embed_dim must be an integer in \[1, 65536\] or null"),
-    (("student", "max_resolution"), 4, r"student.max_resolution 4 is smaller than student.patch_size 8"),
+    (("student", "max_resolution"), 4, r"student.max_resolution: must be >= student.patch_size \(8\), got 4"),
     (("student", "arch"), "vit_gigantic", r"unknown student.arch 'vit_gigantic'"),
     (("teachers", 0, "feature_dim"), 10 ** 9, r"teachers\[0\].feature_dim must be an integer in \[1, 65536\]"),
     (("teachers", 0, "has_adaptor"), "yes", r"teachers\[0\].has_adaptor must be true or false"),

@@ -10,16 +10,19 @@ import pytest
 import teachers
 from eval.features import ModelSpecError, load_encoder
 from radio.cli.main import main
+from radio.export import config_sha256
 from tests.remote_code import isolate_hf_modules, remote_spec, write_remote_model
 
 FAST = ["--resolution", "64", "--no-progress", "--limit", "16", "--pca-images", "0"]
 
 
 def _with_recorded(tiny_export, out, spec):
-    """A copy of the tiny export whose provenance also records `spec` (as teacher_specs[2])."""
+    """A copy of the tiny export whose provenance also records `spec` (as teacher_specs[2]), with a matching
+    config checksum."""
     shutil.copytree(tiny_export, out)
     cfg = json.loads((out / "config.json").read_text())
     cfg["provenance"]["teacher_specs"].append(spec)
+    cfg["config_sha256"] = config_sha256(cfg)  # as an attacker would: the checksum guards against corruption only
     (out / "config.json").write_text(json.dumps(cfg))
     return out
 
