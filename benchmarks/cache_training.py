@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
 
+from radio.cache.writer import cache_teachers
 from radio.data.datamodule import ShardDataModule
 from radio.data.synth import write_synth
 from radio.train.module import DistillModule
-from teachers.cache import cache_teachers
 
 TEACHERS = [
     {"name": "clip", "model": "ViT-B-16", "pretrained": False, "seed": 1},

@@ -13,13 +13,19 @@ def _modules_after(code: str) -> set[str]:
 
 
 @pytest.mark.parametrize("code", [
-    "import teachers, teachers.cache; teachers.available()",
+    "import teachers, radio.cache.writer; teachers.available()",
     "import radio.model, radio.normalize, radio.losses, radio.export, radio.onnx_export, radio.timm_student, "
     "radio.hf",
 ])
 def test_teachers_and_model_pieces_never_import_the_training_loop(code):
     mods = _modules_after(code)
     assert "radio.train.module" not in mods and "lightning" not in mods and "eval" not in mods
+
+
+def test_teachers_import_neither_the_data_pipeline_nor_the_feature_cache():
+    """The feature cache (radio.cache) uses the teachers, never the other way round."""
+    mods = _modules_after("import teachers; teachers.available()")
+    assert not [m for m in mods if m.split(".")[:2] in (["radio", "data"], ["radio", "cache"])]
 
 
 def test_eval_imports_no_training_loop():

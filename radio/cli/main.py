@@ -41,36 +41,10 @@ def _cmd_pack(a: argparse.Namespace) -> int:
 
 
 def _cmd_cache(a: argparse.Namespace) -> int:
-    import yaml
+    from radio.cache.writer import cache_recipe
 
-    from radio.data.cached import main_resolution
-    from radio.train.validate import ConfigError, validate_recipe
-    from teachers.base import TeacherSpec
-    from teachers.cache import cache_teachers
-
-    with open(a.config) as f:
-        cfg = yaml.safe_load(f)
-    data, model = cfg.setdefault("data", {}), cfg.get("model") or {}
-    if a.shards:  # before validation: the recipe's own data.shards need not exist here
-        data["shards"] = a.shards
-    cache = data.pop("cache", None) or {}  # the cache this command writes is not there yet
-    out = a.out or cache.get("dir")
-    if not out:
-        raise ConfigError(f"{a.config}: give --out DIR (or data.cache.dir in the recipe)")
-    validate_recipe(cfg)
-    names = a.teachers or cache.get("teachers")
-    teachers = model["teachers"]
-    unknown = sorted(set(names or []) - {t["name"] for t in teachers})
-    if unknown:
-        raise ConfigError(f"cache --teachers: {unknown} not teachers of {a.config} "
-                          f"({', '.join(t['name'] for t in teachers)})")
-    patch = int((model.get("student") or {}).get("patch_size", 16))
-    res = main_resolution(data)
-    spec_keys = set(TeacherSpec.__dataclass_fields__)
-    specs = [{k: v for k, v in t.items() if k in spec_keys} for t in teachers if not names or t["name"] in names]
-    extra = {"max_image_pixels": data["max_image_pixels"]} if data.get("max_image_pixels") is not None else {}
-    results = cache_teachers(specs, data["shards"], out, (res // patch, res // patch), batch_size=a.batch_size,
-                             dtype=a.dtype, **extra)
+    out, results = cache_recipe(a.config, out=a.out, shards=a.shards, teachers=a.teachers,
+                                batch_size=a.batch_size, dtype=a.dtype)
     for name, meta in results.items():
         print(f"{name}: {meta['count']} images at {meta['resolution'][0]}x{meta['resolution'][1]}, "
               f"{meta['bytes_per_image'] / 1024:.1f} KiB per image ({meta['dtype']}), "
@@ -170,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from radio.cache.format import CacheMismatchError
     from radio.data.health import BadDataError
     from radio.export import ExportError
     from radio.train.guard import NonFiniteLossError
     from radio.train.validate import ConfigError
-    from teachers.cache import CacheMismatchError
 
     try:
         if argv and argv[0] in ("fit", "validate"):

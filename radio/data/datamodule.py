@@ -13,7 +13,7 @@ index is built; sample faults (undecodable image, image over `max_image_pixels` 
 per-sample check) in the worker that reads the sample, and they reach the main process inside the batch
 (`batch["data"]`); the module enforces `max_bad_fraction`.
 
-With `cache` (radio.data.cached) each sample's cached teacher records are read beside it (radio.data.feature_index)
+With `cache` (radio.cache) each sample's cached teacher records are read beside it (radio.cache.index)
 and every partition that a cached teacher supervises gets one patch-aligned crop + flip per sample (seeded like
 the plain crops), applied to the image and to the cached grids; its batch also carries "cached" (teacher ->
 CachedTargets) and "crop" (B, 6). A missing or malformed record skips its sample like a bad image.
@@ -31,8 +31,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from radio.data.cached import CacheConfig, CachedSample, CachedViews, FeatureError, coerce_config, read_layout
-from radio.data.feature_index import FeatureIndex
+from radio.cache.config import CacheConfig, coerce_config
+from radio.cache.index import FeatureIndex
+from radio.cache.reader import CachedSample, FeatureError, read_layout
+from radio.cache.views import CachedViews
 from radio.data.health import BadDataError, DataHealth, Fault, fault_from
 from radio.data.index import ShardIndex
 from radio.data.order import DataOrder, sample_seed
@@ -186,7 +188,7 @@ class ShardDataModule(L.LightningDataModule):
             were bad, once at least `min_reads_for_bad_fraction` were read; also checked on the shard scan.
         min_reads_for_bad_fraction: samples read (over all ranks) before the bad fraction is judged.
         index_cache: directory for per-shard scan results (shared by ranks and runs; ranks split the scanning).
-        cache: read these teachers' targets from a feature cache (radio.data.cached.CacheConfig).
+        cache: read these teachers' targets from a feature cache (radio.cache.config.CacheConfig).
         max_image_pixels: images whose header declares more pixels (width x height) are bad data, skipped and
             counted (kind "OversizedImage") without being decoded; default: PIL's decompression-bomb warning
             threshold (89,478,485 pixels). PIL refuses images over twice its threshold whatever this says.

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 import teachers as teacher_lib
-from radio.data.cached import check_against_teachers
+from radio.cache.checks import check_against_teachers
 from radio.data.health import BadDataError, DataHealth, check_bad_fraction
 from radio.data.transforms import resize_grid, resize_images
 from radio.losses import LossConfig, feature_loss, match_grids, summary_cosine_loss, tokens_to_grid

@@ -3,7 +3,7 @@
 A dynamic-resolution teacher runs at the student's grid times its own patch size, so both grids agree; a
 fixed-size teacher runs at its canvas, either on each image resized to the canvas (grids are matched later by
 interpolation) or, with `mosaic=True` and room for at least two tiles, on a k x k mosaic (radio.mosaic): exact
-grids, k^2 fewer forwards, and no summary target. A teacher read from the feature cache (radio.data.cached)
+grids, k^2 fewer forwards, and no summary target. A teacher read from the feature cache (radio.cache)
 does not run: its batch's cached crops are resized to the grid it would have given online (`cached_targets`).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from radio.data.cached import CachedTargets
+from radio.cache.views import CachedTargets
 from radio.data.transforms import resize_grid, resize_images
 from radio.losses import summary_cosine_loss
 from radio.mosaic import MosaicPlan, mosaic_features, plan_mosaic

@@ -203,25 +203,10 @@ def teacher_grid_errors(module: Any, datamodule: Any) -> list[str]:
     return errors
 
 
-def _cache_errors(entries: list[Any], patch: int, data_args: Any, urls: Any) -> list[str]:
-    import dataclasses
-
-    from radio.data.cached import cache_errors, main_resolution
-    from teachers.base import TeacherSpec
-
-    def plain(v: Any) -> Any:
-        return v.as_dict() if hasattr(v, "as_dict") else v
-
-    fields = dataclasses.fields(TeacherSpec)
-    specs = {_get(t, "name"): {f.name: plain(_get(t, f.name, f.default)) for f in fields} for t in entries}
-    mosaic = {_get(t, "name"): bool(_get(t, "mosaic", False)) for t in entries}
-    grid = (main_resolution(data_args) // patch,) * 2
-    return cache_errors(_get(data_args, "cache"), specs, mosaic, grid, urls)
-
-
 def validate_recipe(cfg: Any) -> None:
     """Validate a resolved fit config (jsonargparse Namespace or nested dicts with `model` and `data`)."""
     import teachers as teacher_lib
+    from radio.cache.checks import recipe_cache_errors
     from radio.data.schedule import resolution_errors, schedule_errors
     from radio.data.shards import resolve_shards
     from radio.model.vit import StudentConfig
@@ -306,7 +291,7 @@ def validate_recipe(cfg: Any) -> None:
         except FileNotFoundError as e:
             errors.append(str(e))
     if _get(data_args, "cache") is not None:
-        errors += _cache_errors(entries, patch, data_args, urls)
+        errors += recipe_cache_errors(entries, patch, data_args, urls)
 
     if errors:
         raise ConfigError("invalid recipe:\n  " + "\n  ".join(errors))

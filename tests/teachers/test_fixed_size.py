@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import teachers
-from teachers.cache import cache_teacher
+from radio.cache.writer import cache_teacher
 from tests.helpers import TINY_CLIP, TINY_DINO, TINY_SIGLIP
 
 # The SigLIP classes of ViT-SO400M-14-SigLIP-384 (CustomTextCLIP + timm trunk) with a 72 px input and 16 px

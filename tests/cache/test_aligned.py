@@ -1,4 +1,4 @@
-"""Patch-aligned random resized crops (radio.data.aligned): pure geometry on canvases and feature grids."""
+"""Patch-aligned random resized crops (radio.cache.aligned): pure geometry on canvases and feature grids."""
 import math
 
 import pytest
@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
-from radio.data.aligned import (CropView, GridGeometry, box_in, canvas_image, crop_grid, crop_image, draw_view,
-                                is_aligned, whole_view)
+from radio.cache.aligned import (CropView, GridGeometry, box_in, canvas_image, crop_grid, crop_image, draw_view,
+                                 is_aligned, whole_view)
 from radio.data.transforms import eval_transform
 
 

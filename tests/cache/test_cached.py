@@ -1,4 +1,4 @@
-"""Training batches from the feature cache (radio.data.cached): the same loss as online for the same crop, mixed
+"""Training batches from the feature cache (radio.cache): the same loss as online for the same crop, mixed
 runs, and loud errors for a cache that does not fit."""
 import copy
 import io
@@ -10,8 +10,12 @@ import pytest
 import torch
 
 import teachers
-from radio.data.aligned import CropView, crop_grid
-from radio.data.cached import CachedTargets, check_against_teachers, read_layout
+from radio.cache.aligned import CropView, crop_grid
+from radio.cache.checks import check_against_teachers
+from radio.cache.format import CacheMismatchError
+from radio.cache.reader import read_layout
+from radio.cache.views import CachedTargets
+from radio.cache.writer import cache_teachers
 from radio.data.datamodule import ShardDataModule
 from radio.data.index import ShardIndex, scan_shard
 from radio.data.shards import decode_sample, iter_raw_samples, resolve_shards
@@ -20,7 +24,6 @@ from radio.data.transforms import eval_transform
 from radio.train.module import DistillModule
 from radio.train.targets import summary_target_loss
 from radio.train.validate import ConfigError, validate_recipe
-from teachers.cache import CacheMismatchError, cache_teachers
 from tests.helpers import TINY_CLIP, TINY_DINO, TINY_SAM, TINY_STUDENT, tiny_recipe
 
 SPECS = [TINY_CLIP, TINY_DINO, TINY_SAM]

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import teachers
+from radio.cache.checks import check_cache_meta
+from radio.cache.format import CacheMismatchError, decode_cached
+from radio.cache.writer import cache_teacher, cache_teachers
 from radio.cli.main import main
 from radio.data.shards import decode_sample, iter_raw_samples, resolve_shards
 from radio.data.transforms import eval_transform
-from teachers.cache import CacheMismatchError, cache_teacher, cache_teachers, check_cache_meta, decode_cached
 from tests.helpers import TINY_DINO, TINY_SAM, tiny_recipe, write_recipe
 
 

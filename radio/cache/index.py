@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from radio.data.cached import CacheLayout, CacheMismatchError, MissingFeatures
+from radio.cache.format import CacheMismatchError
+from radio.cache.reader import CacheLayout, MissingFeatures
 from radio.data.health import Fault
 from radio.data.index import ShardIndex
 from radio.data.shards import SampleError
@@ -42,7 +43,7 @@ class FeatureIndex:
     """The cached records of every sample of an image index, per cached teacher.
 
     Args:
-        layout: the cached teachers (radio.data.cached.read_layout).
+        layout: the cached teachers (radio.cache.reader.read_layout).
         images: the image shards' index.
         cache_dir: scan cache (as for the image index).
         progress: a progress bar over many shards.
