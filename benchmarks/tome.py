@@ -183,8 +183,9 @@ def val_images(count: int, res: int) -> torch.Tensor:
 def fidelity_table(student_dir: Path, cases: list[Case], count: int) -> list[dict]:
     import radio
     import teachers as teacher_lib
-    from radio.losses import fidelity, match_grids, tokens_to_grid
     from radio.data.transforms import resize_images
+    from radio.fidelity import fidelity
+    from radio.losses import match_grids, tokens_to_grid
 
     model = radio.load(student_dir)
     specs = model.provenance.get("teacher_specs") or []

@@ -13,96 +13,30 @@ Layouts (`open_dataset(path)` detects them; `layout=` forces one):
                DIR/ImageSets/Segmentation/{train,val}.txt
 
 A malformed dataset (missing annotation, class index out of range, empty split, unreadable file) raises
-`DatasetError` naming the file.
+`DatasetError` naming the file. The shared types live in eval.splits, the shard reader in eval.shard_split;
+every public name is importable from here.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
 
-IGNORE = -1
+from eval.shard_split import ShardSplit, read_info, shard_label_classes
+from eval.splits import IGNORE, Dataset, DatasetError, Record, SegInfo, Split, check_mask
+
+__all__ = ["ADE20K_SPLITS", "ADE20KSplit", "Dataset", "DatasetError", "IGNORE", "IMAGE_SUFFIXES",
+           "ImageFolderSplit", "LAYOUTS", "Record", "SegInfo", "ShardSplit", "Split", "VOC_CLASSES",
+           "VOCSplit", "ade20k_class_names", "check_mask", "detect_layout", "open_dataset", "open_image",
+           "read_index_mask", "read_info", "shard_label_classes"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 LAYOUTS = ("shards", "imagefolder", "ade20k", "voc")
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
-
-
-class DatasetError(ValueError):
-    """A malformed dataset; the message names the file or directory."""
-
-
-@dataclass
-class Record:
-    """One evaluation sample.
-
-    image: RGB image; labels: label field -> class index (-1 = unlabelled); mask: (H, W) int64 class indices with
-    IGNORE for unscored pixels, or None; meta: the sample's raw metadata (shards' json); source: where it came from.
-    """
-
-    key: str
-    image: Image.Image
-    labels: dict[str, int] = field(default_factory=dict)
-    mask: Optional[np.ndarray] = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-
-@dataclass
-class SegInfo:
-    """Segmentation classes of a dataset: `classes[i]` names class index i (the ignored value is not a class)."""
-
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-class Split:
-    """One split of a dataset. Iterate it for Records; `masks=True` also reads and checks the masks."""
-
-    layout: str = ""
-
-    def __init__(self, root: Path, name: str, classes: dict[str, list[str]], seg: Optional[SegInfo]) -> None:
-        self.root, self.name, self.classes, self.seg = Path(root), name, classes, seg
-
-    @property
-    def label_fields(self) -> tuple[str, ...]:
-        return tuple(self.classes)
-
-    def records(self, masks: bool = False) -> Iterator[Record]:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[Record]:
-        return self.records()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.root)!r}, {self.name!r})"
-
-
-@dataclass
-class Dataset:
-    """A train and a val split of one layout."""
-
-    root: Path
-    layout: str
-    train: Split
-    val: Split
-
-    @property
-    def classes(self) -> dict[str, list[str]]:
-        return self.train.classes
-
-    @property
-    def seg(self) -> Optional[SegInfo]:
-        return self.train.seg
 
 
 def open_image(path: Path) -> Image.Image:
@@ -130,17 +64,6 @@ def read_index_mask(path: Path) -> np.ndarray:
         raise
     except Exception as e:
         raise DatasetError(f"{path}: unreadable annotation ({type(e).__name__}: {e})") from e
-
-
-def check_mask(mask: np.ndarray, num_classes: int, where: str, image_size: Optional[tuple[int, int]] = None) -> None:
-    """Every value must be a class index in [0, num_classes) or IGNORE; sizes must match the image (W, H)."""
-    if image_size is not None and (mask.shape[1], mask.shape[0]) != tuple(image_size):
-        raise DatasetError(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                           f"{image_size[0]}x{image_size[1]}")
-    bad = (mask != IGNORE) & ((mask < 0) | (mask >= num_classes))
-    if bad.any():
-        values = sorted(set(np.unique(mask[bad]).tolist()))[:8]
-        raise DatasetError(f"{where}: class index {values} out of range (this dataset has {num_classes} classes)")
 
 
 def _images_in(directory: Path) -> list[Path]:
@@ -260,92 +183,6 @@ class VOCSplit(Split):
                 mask[mask == 255] = IGNORE
                 check_mask(mask, self.seg.num_classes, str(ann_path), image.size)
             yield Record(key, image, mask=mask, source=str(img_path))
-
-
-# -- shards -----------------------------------------------------------------------------------------------------
-def read_info(root: Path, split: Optional[str] = None) -> dict[str, Any]:
-    """`info.json` of a shard dataset (DIR/info.json or DIR/<split>/info.json), {} when absent."""
-    for f in ([Path(root) / split / "info.json"] if split else []) + [Path(root) / "info.json"]:
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{f}: not valid JSON ({e})") from e
-    return {}
-
-
-def shard_label_classes(info: dict[str, Any]) -> dict[str, list[str]]:
-    """Label field -> class names: `label` (info's `classes`) and `<name>_label` for info's `label_fields`.
-
-    Fields whose values are not class indices (synth `count`, 1..3) are left out; `shape_label` duplicates
-    synth's `label` and is left out too.
-    """
-    classes: dict[str, list[str]] = {"label": [str(c) for c in info.get("classes", [])]}
-    for k, names in info.get("label_fields", {}).items():
-        if k not in ("count", "shape"):
-            classes[f"{k}_label"] = [str(c) for c in names]
-    return classes
-
-
-class ShardSplit(Split):
-    """Webdataset shards. Corrupt samples are skipped and counted (`skipped`); bad labels and masks raise."""
-
-    layout = "shards"
-
-    def __init__(self, shards: str, name: str, info: dict[str, Any], label_fields: Optional[tuple[str, ...]] = None):
-        from radio.data.shards import resolve_shards
-
-        try:
-            self.urls = resolve_shards(shards, f"{name} split")
-        except FileNotFoundError as e:
-            raise DatasetError(f"{shards}: empty split ({e})") from e
-        classes = shard_label_classes(info)
-        if label_fields:
-            classes = {f: classes.get(f, []) for f in label_fields}
-        seg = None
-        if info.get("seg_classes"):
-            seg = SegInfo([str(c) for c in info["seg_classes"]])
-        self.seg_ignore = info.get("seg_ignore_index")
-        self.skipped = 0
-        root = Path(shards.split("::")[0])
-        super().__init__(root if root.is_dir() else root.parent, name, classes, seg)
-
-    def records(self, masks: bool = False) -> Iterator[Record]:
-        from radio.data.shards import ErrorCounter, SampleError, decode_sample, iter_raw_samples
-
-        errors = ErrorCounter()
-        count = 0
-        for raw in iter_raw_samples(self.urls, handler=errors):
-            where = f"shard {raw.get('__url__')} key {raw.get('__key__')}"
-            if masks and "seg.png" not in raw:
-                raise DatasetError(f"{where}: annotation is missing (no seg.png member)")
-            try:
-                s = decode_sample(raw, need_mask=masks)
-            except SampleError as e:
-                errors(e)
-                self.skipped = errors.total
-                continue
-            labels = {}
-            for f, names in self.classes.items():
-                v = s.label if f == "label" else s.meta.get(f, -1)
-                v = int(v) if isinstance(v, (int, float)) else -1
-                if names and v >= len(names):
-                    raise DatasetError(f"{where}: {f} {v} out of range ({len(names)} classes in info.json)")
-                labels[f] = v
-            mask = None
-            if masks:
-                if self.seg is None:
-                    raise DatasetError(f"{self.root}: info.json has no 'seg_classes'; cannot score masks")
-                mask = s.mask.astype(np.int64)
-                if mask.ndim == 3:
-                    raise DatasetError(f"{where}: seg.png must be a single-channel index PNG")
-                if self.seg_ignore is not None:
-                    mask[mask == int(self.seg_ignore)] = IGNORE
-                check_mask(mask, self.seg.num_classes, where, s.image.size)
-            count += 1
-            yield Record(s.key, s.image, labels, mask, s.meta, source=where)
-        if count == 0:
-            raise DatasetError(f"{self.root}: empty split (no readable sample in {len(self.urls)} shard(s))")
 
 
 # -- detection --------------------------------------------------------------------------------------------------

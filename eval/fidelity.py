@@ -4,7 +4,7 @@ Per teacher and student resolution r (a multiple of the student's patch size): t
 its tokens through the teacher's adaptor (into the teacher's own space); a dense teacher runs at the resolution
 that gives the same patch grid (r x p_teacher / p_student), a fixed-size teacher (CLIP-like) at its native size;
 teacher features are resized to the student grid as the training validation does (radio.data.transforms).
-Over all images and positions:
+Over all images and positions, with the training validation's metric (radio.fidelity.FidelityMetric):
     fidelity = mean_c Var(teacher_c) / MSE(student, teacher)     (higher is better; 1 = predicting the means)
     cos_error = 1 - mean cosine(student, teacher) over positions, summary_cos_error likewise on summaries.
 A student that mode-switches holds fidelity at its training resolutions and loses it elsewhere.
@@ -13,51 +13,14 @@ References: RADIOv2.5 (Heinrich et al., 2024), mode switching across resolutions
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
 
 from radio.data.transforms import eval_transform, resize_grid, resize_images
-
-
-@dataclass
-class FidelityStats:
-    """Streaming sums for one (teacher, resolution): per-channel moments of the teacher, squared error, cosines."""
-
-    sum_t: Optional[Tensor] = None
-    sum_t2: Optional[Tensor] = None
-    sse: float = 0.0
-    count: int = 0
-    cos_sum: float = 0.0
-    summary_cos: list[float] = field(default_factory=list)
-
-    def update(self, student: Tensor, teacher: Tensor) -> None:
-        """student, teacher: (B, C, h, w) on the same grid, float32."""
-        c = teacher.shape[1]
-        t = teacher.transpose(0, 1).reshape(c, -1).double()
-        s = student.transpose(0, 1).reshape(c, -1).double()
-        if self.sum_t is None:
-            self.sum_t, self.sum_t2 = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
-        self.sum_t += t.sum(1)
-        self.sum_t2 += (t * t).sum(1)
-        self.sse += float(((s - t) ** 2).sum())
-        self.count += t.shape[1]
-        self.cos_sum += float(F.cosine_similarity(s, t, dim=0).sum())
-
-    def result(self) -> dict[str, float]:
-        c = self.sum_t.shape[0]
-        mean = self.sum_t / self.count
-        var = (self.sum_t2 / self.count - mean * mean).clamp_min(0).mean()
-        mse = self.sse / (self.count * c)
-        out = {"fidelity": float(var / max(mse, 1e-12)), "mse": mse, "teacher_var": float(var),
-               "cos_error": 1.0 - self.cos_sum / self.count}
-        if self.summary_cos:
-            out["summary_cos_error"] = 1.0 - sum(self.summary_cos) / len(self.summary_cos)
-        return out
+from radio.fidelity import FidelityMetric, plot_fidelity
 
 
 def default_resolutions(step: int, patches: Sequence[int] = (4, 6, 8, 12, 16, 24, 32)) -> list[int]:
@@ -93,18 +56,27 @@ def fidelity_sweep(model, teachers: dict[str, Any], images: Sequence[Image.Image
         it = tqdm(resolutions, desc="fidelity", unit="res", leave=False)
     for r in it:
         tf = eval_transform(r)
-        stats = {n: FidelityStats() for n in teachers}
+        metrics: dict[str, FidelityMetric] = {}
         for i in range(0, len(images), batch_size):
             x = torch.stack([tf(im) for im in images[i:i + batch_size]]).to(device)
             pred = model(x, adaptors=list(teachers), feature_fmt="NCHW")
             grid = (r // step, r // step)
             for name, teacher in teachers.items():
                 target = teacher(resize_images(x, teacher.resolution_for(grid)))
-                stats[name].update(pred[name].features.float(), resize_grid(target.features.float(), grid))
-                if pred[name].summary is not None and target.summary is not None:
-                    cos = F.cosine_similarity(pred[name].summary.float(), target.summary.float(), dim=1)
-                    stats[name].summary_cos.extend(cos.tolist())
-        for name, s in stats.items():
-            for k, v in s.result().items():
-                out[name].setdefault(k, []).append(v)
+                features = resize_grid(target.features.float(), grid)
+                if name not in metrics:
+                    metrics[name] = FidelityMetric(features.shape[1]).to(device)
+                metrics[name].update(pred[name].features.float(), features, pred[name].summary,
+                                     target.summary)
+        for name, m in metrics.items():
+            for k, v in m.results().items():
+                out[name].setdefault(k, []).append(float(v))
     return out
+
+
+def plot_sweeps(results: dict[str, dict[str, dict[str, Any]]], out_png: str | Path) -> Path:
+    """results: student -> teacher -> `fidelity_sweep` result; one line per (student, teacher) in the fidelity
+    plot (radio.fidelity.plot_fidelity)."""
+    curves = {teacher if len(results) == 1 else f"{student} -> {teacher}": r
+              for student, per_teacher in results.items() for teacher, r in per_teacher.items()}
+    return plot_fidelity(curves, out_png)

@@ -1,4 +1,4 @@
-"""PNG plots of the evaluation: fidelity vs resolution, PCA of feature maps side by side, probe curves.
+"""PNG plots of the evaluation: PCA of feature maps side by side, probe curves (fidelity: radio.fidelity).
 
 Every function takes plain results (the dicts the probes return) and a path, and returns the path written.
 """
@@ -28,27 +28,6 @@ def _save(fig, out_png: str | Path) -> Path:
     fig.savefig(out_png, dpi=110)
     _plt().close(fig)
     return out_png
-
-
-def plot_fidelity(results: dict[str, dict[str, dict[str, Any]]], out_png: str | Path) -> Path:
-    """results: student -> teacher -> {"resolutions", "fidelity", "cos_error"}; one line per (student, teacher)."""
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for student, per_teacher in results.items():
-        for teacher, r in per_teacher.items():
-            label = teacher if len(results) == 1 else f"{student} -> {teacher}"
-            a1.plot(r["resolutions"], r["fidelity"], "o-", label=label)
-            a2.plot(r["resolutions"], r["cos_error"], "o-", label=label)
-    a1.set_title("fidelity = Var(teacher) / MSE(adaptor, teacher)  (higher is better)")
-    values = [v for per in results.values() for r in per.values() for v in r["fidelity"] if v > 0]
-    if values and max(values) > 10 * min(values):
-        a1.set_yscale("log")
-    a2.set_title("1 - cos(adaptor, teacher)  (lower is better)")
-    for ax in (a1, a2):
-        ax.set_xlabel("student resolution (px)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, out_png)
 
 
 def pca_rgb(features: Tensor) -> Tensor:

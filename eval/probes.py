@@ -6,23 +6,21 @@ with the reason; a probe that cannot run on the data at all is found by `data_su
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
 import teachers as teacher_lib
 from eval.datasets import Dataset, DatasetError
 from eval.features import AdaptorEncoder, Encoder, FeatureBank, StudentEncoder, TeacherEncoder, extract_split
-
-if TYPE_CHECKING:
-    from eval.run import EvalOptions
+from eval.options import EvalOptions
 
 
 class ProbeSkipped(Exception):
     """This probe does not apply to this model; the message says why (it goes into the report's notes)."""
 
 
-def data_support(probe: str, ds: Optional[Dataset], opts: "EvalOptions") -> Optional[str]:
+def data_support(probe: str, ds: Optional[Dataset], opts: EvalOptions) -> Optional[str]:
     """None when `probe` can run on the data, else the reason it cannot."""
     if probe in ("knn", "linear", "zeroshot"):
         if ds is None or not ds.classes:
@@ -44,13 +42,13 @@ def is_synth(ds: Dataset) -> bool:
     return read_info(ds.root).get("name") == "radio-synth"
 
 
-def features(enc: Encoder, ds: Dataset, opts: "EvalOptions", dense: bool) -> tuple[FeatureBank, FeatureBank]:
+def features(enc: Encoder, ds: Dataset, opts: EvalOptions, dense: bool) -> tuple[FeatureBank, FeatureBank]:
     kw = dict(dense=dense, masks=dense, limit=opts.limit, progress=opts.progress, device=opts.device)
     return (extract_split(enc, ds.train, opts.resolution, opts.batch_size, **kw),
             extract_split(enc, ds.val, opts.resolution, opts.batch_size, **kw))
 
 
-def linear(tr: FeatureBank, te: FeatureBank, opts: "EvalOptions") -> dict[str, Any]:
+def linear(tr: FeatureBank, te: FeatureBank, opts: EvalOptions) -> dict[str, Any]:
     from eval.linear import linear_probe, pooled_inputs
 
     out = {}
@@ -62,14 +60,14 @@ def linear(tr: FeatureBank, te: FeatureBank, opts: "EvalOptions") -> dict[str, A
     return out
 
 
-def seg(tr: FeatureBank, te: FeatureBank, ds: Dataset, opts: "EvalOptions") -> dict[str, Any]:
+def seg(tr: FeatureBank, te: FeatureBank, ds: Dataset, opts: EvalOptions) -> dict[str, Any]:
     from eval.seg import seg_probe
 
     return {"masks": seg_probe(tr.dense, tr.masks, te.dense, te.masks, ds.seg.num_classes, ds.seg.classes,
                                lrs=opts.seg_lrs, epochs=opts.seg_epochs, device=opts.device)}
 
 
-def _text_teacher(enc: Encoder, opts: "EvalOptions") -> tuple[Encoder, Any]:
+def _text_teacher(enc: Encoder, opts: EvalOptions) -> tuple[Encoder, Any]:
     """(image encoder in the text tower's space, teacher holding the text tower) for zero-shot."""
     from eval.zeroshot import TEXT_TEACHERS
 
@@ -92,7 +90,7 @@ def _text_teacher(enc: Encoder, opts: "EvalOptions") -> tuple[Encoder, Any]:
     return AdaptorEncoder(enc, adaptor), teacher_lib.build(enc.recorded_teacher(adaptor))
 
 
-def zeroshot(enc: Encoder, ds: Dataset, te: Optional[FeatureBank], opts: "EvalOptions") -> dict[str, Any]:
+def zeroshot(enc: Encoder, ds: Dataset, te: Optional[FeatureBank], opts: EvalOptions) -> dict[str, Any]:
     from eval.zeroshot import readable_classnames, templates_named, text_classifier, zeroshot_eval
 
     image_enc, teacher = _text_teacher(enc, opts)
@@ -114,7 +112,7 @@ def zeroshot(enc: Encoder, ds: Dataset, te: Optional[FeatureBank], opts: "EvalOp
     return out
 
 
-def fidelity(enc: Encoder, ds: Dataset, opts: "EvalOptions") -> dict[str, Any]:
+def fidelity(enc: Encoder, ds: Dataset, opts: EvalOptions) -> dict[str, Any]:
     from eval.fidelity import default_resolutions, fidelity_sweep
 
     if not isinstance(enc, StudentEncoder):
@@ -134,7 +132,7 @@ def fidelity(enc: Encoder, ds: Dataset, opts: "EvalOptions") -> dict[str, Any]:
                           device=opts.device, progress=opts.progress)
 
 
-def vlm_conversations(ds: Optional[Dataset], opts: "EvalOptions", out: Path):
+def vlm_conversations(ds: Optional[Dataset], opts: EvalOptions, out: Path):
     """(train, val) LLaVA conversations: from --vlm-data, or generated from synth shards into OUT/vlm_data."""
     from eval.vlm_data import read_llava_json, write_synth_vqa
 
@@ -147,7 +145,7 @@ def vlm_conversations(ds: Optional[Dataset], opts: "EvalOptions", out: Path):
             read_llava_json(write_synth_vqa(ds.val, qa_dir, limit=limit)))
 
 
-def vlm(enc: Encoder, conversations, opts: "EvalOptions") -> dict[str, Any]:
+def vlm(enc: Encoder, conversations, opts: EvalOptions) -> dict[str, Any]:
     from dataclasses import replace
 
     from eval.vlm import vlm_probe
@@ -160,7 +158,7 @@ def vlm(enc: Encoder, conversations, opts: "EvalOptions") -> dict[str, Any]:
 
 
 @torch.no_grad()
-def pca_maps(enc: Encoder, ds: Dataset, opts: "EvalOptions") -> tuple[torch.Tensor, torch.Tensor]:
+def pca_maps(enc: Encoder, ds: Dataset, opts: EvalOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (n, 3, R, R), feature maps (n, C, h, w)) of the first `opts.pca_images` val images."""
     from radio.data.transforms import eval_transform
 

@@ -9,19 +9,18 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
 from eval import probes as P
-from eval.datasets import Dataset, DatasetError, ShardSplit, open_dataset, read_info, shard_label_classes
-from eval.features import (Encoder, FeatureBank, describe, extract_split, load_encoder, provenance_file,
-                           recorded_teacher, recorded_teacher_names)
+from eval.datasets import Dataset, DatasetError, open_dataset
+from eval.features import (Encoder, FeatureBank, describe, load_encoder, provenance_file, recorded_teacher,
+                           recorded_teacher_names)
 from eval.knn import knn_eval
+from eval.options import EvalOptions
 from eval.report import write_report
-from eval.vlm import VLMConfig
 
 PROBES = ("knn", "linear", "seg", "zeroshot", "fidelity", "vlm")
 SYNTH_NOTE = ("Generated data: the masks are colour classes, a local and dense property, while shape (`label`), "
@@ -31,57 +30,8 @@ SYNTH_NOTE = ("Generated data: the masks are colour classes, a local and dense p
               "probe and fidelity are the informative measures there.")
 
 
-@dataclass
-class EvalOptions:
-    """Options shared by the probes (see `radio eval PROBE --help`)."""
-
-    resolution: int = 224
-    batch_size: int = 64
-    device: str = "cpu"
-    progress: bool = True
-    limit: Optional[int] = None
-    layout: Optional[str] = None
-    num_classes: Optional[int] = None
-    label_fields: Optional[tuple[str, ...]] = None
-    k: int = 20
-    temperature: float = 0.07
-    linear_epochs: int = 30
-    linear_lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
-    seg_epochs: int = 20
-    seg_lrs: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-    adaptor: Optional[str] = None
-    templates: str = "simple"
-    classnames: Optional[str] = None
-    resolutions: Optional[list[int]] = None
-    fidelity_images: int = 64
-    vlm: VLMConfig = field(default_factory=VLMConfig)
-    vlm_data: Optional[str] = None
-    vlm_limit: Optional[int] = 250
-    pca_images: int = 4
-    with_teachers: bool = False
-
-
-def label_fields_of(data: str, default: Sequence[str] = ("label",)) -> tuple[str, ...]:
-    """Label fields of a shard dataset: `label` plus `<name>_label` for the fields its info.json lists."""
-    return tuple(dict.fromkeys([*default, *shard_label_classes(read_info(Path(data)))]))
-
-
-def knn_probe(encoder: Encoder, train: str, val: str, resolution: int, label_fields: Sequence[str],
-              k: int = 20, temperature: float = 0.07, batch_size: int = 64, progress: bool = True,
-              device: str = "cpu") -> dict[str, Any]:
-    """kNN of `encoder` on train/val shards, per label field; `_skipped_samples` counts corrupt samples."""
-    info = read_info(Path(train).parent)
-    fields = tuple(label_fields)
-    tr = extract_split(encoder, ShardSplit(train, "train", info, fields), resolution, batch_size,
-                       progress=progress, device=device)
-    te = extract_split(encoder, ShardSplit(val, "val", info, fields), resolution, batch_size,
-                       progress=progress, device=device)
-    out: dict[str, Any] = knn_tasks(tr, te, k, temperature)
-    out["_skipped_samples"] = tr.skipped + te.skipped
-    return out
-
-
 def knn_tasks(tr: FeatureBank, te: FeatureBank, k: int, temperature: float) -> dict[str, Any]:
+    """kNN (eval.knn) per label field that has labelled samples in both splits."""
     return {f: knn_eval(tr.summary, tr.labels[f], te.summary, te.labels[f], k=k, temperature=temperature)
             for f in tr.labels if (tr.labels[f] >= 0).any() and (te.labels[f] >= 0).any()}
 
@@ -147,6 +97,13 @@ class Evaluation:
 
     # -- run -------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Measure, then write report.json and report.md into `out`; returns the report."""
+        self.measure()
+        write_report(self.out, self.report)
+        return self.report
+
+    def measure(self) -> dict[str, Any]:
+        """Run every probe on every model and write the plots; returns the report (not written)."""
         o = self.opts
         ds: Optional[Dataset] = None
         if set(self.probes) - {"vlm"} or not o.vlm_data:
@@ -173,7 +130,6 @@ class Evaluation:
             self.note(n)
         if ds is not None and P.is_synth(ds):
             self.note(SYNTH_NOTE)
-        write_report(self.out, self.report)
         return self.report
 
     def run_model(self, enc: Encoder, ds: Optional[Dataset], probes: list[str], conversations) -> None:
@@ -202,10 +158,11 @@ class Evaluation:
 
     def write_plots(self) -> None:
         from eval import plots
+        from eval.fidelity import plot_sweeps
 
         probes, plots_out = self.report["probes"], self.report["plots"]
         if "fidelity" in probes:
-            plots_out.append(str(plots.plot_fidelity(probes["fidelity"], self.out / "fidelity_vs_resolution.png")))
+            plots_out.append(str(plot_sweeps(probes["fidelity"], self.out / "fidelity_vs_resolution.png")))
         if self.pca:
             plots_out.append(str(plots.plot_pca(self.pca_images, self.pca, self.out / "pca_features.png")))
         for p, metric in (("linear", "top1"), ("seg", "mIoU")):
@@ -249,16 +206,4 @@ def run_eval(probes: Sequence[str], models: Sequence[Union[str, dict]], data: st
     explicit = list(probes) != ["all"]
     probes = list(probes) if explicit else list(PROBES)
     return Evaluation(probes, models, data, out, opts, names, encoders, explicit).run()
-
-
-def run_knn(models: Sequence[Union[str, dict]], data: str, out: str | Path, resolution: int = 224,
-            label_fields: Optional[Sequence[str]] = None, k: int = 20, temperature: float = 0.07,
-            batch_size: int = 64, names: Optional[Sequence[str]] = None, progress: bool = True,
-            device: str = "cpu") -> dict[str, Any]:
-    """kNN probe of every model on `data`; writes report.json + report.md in `out`."""
-    opts = EvalOptions(resolution=resolution, batch_size=batch_size, device=device, progress=progress, k=k,
-                       temperature=temperature, label_fields=tuple(label_fields) if label_fields else None,
-                       pca_images=0)
-    return run_eval(["knn"], models, data, out, opts, names)
-
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -83,17 +82,3 @@ def tokens_to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         raise ValueError(f"{n} tokens do not form a {grid[0]}x{grid[1]} grid")
     return tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
 
-
-@torch.no_grad()
-def fidelity(pred: Tensor, target: Tensor) -> Tensor:
-    """Var(target) / MSE(pred, target), higher is better; 1 means no better than predicting channel means.
-
-    Var is the per-channel variance (channels on dim 1) averaged over channels, so the ratio compares the error
-    with the error of the best constant prediction. pred, target: (B, C) or (B, C, h, w).
-    """
-    pred, target = pred.float(), target.float()
-    c = target.shape[1]
-    t = target.transpose(0, 1).reshape(c, -1)
-    var = t.var(dim=1, unbiased=False).mean()
-    mse = F.mse_loss(pred, target)
-    return var / mse.clamp_min(1e-12)

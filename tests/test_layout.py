@@ -15,7 +15,7 @@ def _modules_after(code: str) -> set[str]:
 @pytest.mark.parametrize("code", [
     "import teachers, radio.cache.writer; teachers.available()",
     "import radio.model, radio.normalize, radio.losses, radio.export, radio.onnx_export, radio.timm_student, "
-    "radio.hf",
+    "radio.hf, radio.fidelity",
 ])
 def test_teachers_and_model_pieces_never_import_the_training_loop(code):
     mods = _modules_after(code)

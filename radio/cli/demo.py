@@ -24,9 +24,10 @@ NOTES = [
 def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[int] = None,
              progress: bool = True, extra_args: Optional[list[str]] = None) -> Path:
     """Run the demo; returns the path of report.md."""
+    from eval.datasets import read_info, shard_label_classes
+    from eval.options import EvalOptions
     from eval.report import plot_training_curves, read_metrics_csv, write_report
-    from eval.run import knn_probe, label_fields_of
-    from eval.features import describe, load_encoder
+    from eval.run import Evaluation
     from radio.cli.fit import run_fit
     from radio.data.synth import write_synth
     from radio.export import export_checkpoint
@@ -63,16 +64,16 @@ def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[i
     export_checkpoint(ckpt, student_dir)
 
     resolution = int(cli.datamodule.resolution)
-    fields = label_fields_of(str(data))
+    fields = shard_label_classes(read_info(data))
     teacher_names = [e.name for e in cli.model.entries]
     print(f"[4/5] kNN on {', '.join(fields)}: student and teachers {', '.join(teacher_names)}", flush=True)
-    report: dict[str, Any] = {"title": "radio demo report", "models": {}, "probes": {"knn": {}}}
-    for spec in [str(student_dir)] + [f"{student_dir}::{n}" for n in teacher_names]:
-        enc = load_encoder(spec, name="student" if "::" not in spec else None)
-        res = knn_probe(enc, str(data / "train"), str(data / "val"), resolution, fields, progress=progress)
-        res.pop("_skipped_samples")
-        report["models"][enc.name] = describe(enc)
-        report["probes"]["knn"][enc.name] = res
+    specs = [str(student_dir)] + [f"{student_dir}::{n}" for n in teacher_names]
+    opts = EvalOptions(resolution=resolution, progress=progress, pca_images=0)
+    knn = Evaluation(["knn"], specs, str(data), out, opts, names=["student"]).measure()
+    models = {name: {k: v for k, v in d.items() if k != "skipped_samples"}
+              for name, d in knn["models"].items()}
+    report: dict[str, Any] = {"title": "radio demo report", "models": models,
+                              "probes": {"knn": knn["probes"]["knn"]}}
 
     print("[5/5] writing the report", flush=True)
     metrics_csv = Path(trainer.logger.log_dir) / "metrics.csv"
@@ -105,7 +106,7 @@ def _training_fidelity(log_dir: Path, out: Path, report: dict[str, Any],
     """Copy the run's fidelity.json/png into the report; returns the markdown section's lines (none if absent)."""
     import json
 
-    from radio.train.fidelity import fidelity_markdown
+    from radio.fidelity import fidelity_markdown
 
     src = log_dir / "fidelity.json"
     if not src.is_file():

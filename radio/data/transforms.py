@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision.transforms import v2 as T
 
 
@@ -17,10 +16,6 @@ def train_transform(resolution: int, min_scale: float = 0.35, flip: bool = True)
 def eval_transform(resolution: int) -> T.Compose:
     return T.Compose([T.ToImage(), T.Resize(resolution, antialias=True), T.CenterCrop(resolution),
                       T.ToDtype(torch.float32, scale=True)])
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    return T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])(img)
 
 
 def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -33,7 +33,11 @@ class MergeStep(NamedTuple):
 
 
 class MergingAttention(Attention):
-    """timm Attention that can add log(size) to the logits and return its keys as a merge metric."""
+    """timm Attention that can add log(size) to the logits and return its keys as a merge metric.
+
+    `forward_with_metric` follows timm's `Attention.forward` (timm >= 1.0.28: `attn_dim`, `gate`); a test pins
+    the two bit for bit against the installed timm (size=None, fused and explicit paths, qk_norm/gate).
+    """
 
     def forward_with_metric(self, x: Tensor, size: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Self-attention with proportional attention.

@@ -40,12 +40,12 @@ import teachers as teacher_lib
 from radio.cache.checks import check_against_teachers
 from radio.data.health import BadDataError, DataHealth, check_bad_fraction
 from radio.data.transforms import resize_grid, resize_images
+from radio.fidelity import FidelityHistory, FidelityMetric
 from radio.losses import LossConfig, feature_loss, match_grids, summary_cosine_loss, tokens_to_grid
 from radio.model import AdaptorConfig, ModelConfig, RADIOModel, StudentConfig, TeacherHead
 from radio.normalize import AffineNormalizer, all_reduce_moments
 from radio.train.config import (NormalizationConfig, OptimConfig, StabilityConfig, TeacherEntry, ValidationConfig,
                                 coerce, to_plain)
-from radio.train.fidelity import FidelityHistory, FidelityMetric
 from radio.train.guard import NonFiniteLossError, RunGuard
 from radio.train.optim import build_optimizer
 from radio.train.targets import Targets, cached_targets, mosaic_plan, summary_target_loss, teacher_targets

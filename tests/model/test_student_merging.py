@@ -1,8 +1,11 @@
 """Token merging inside the student (ToMe blocks) and output compression on RADIOModel, export included."""
+import inspect
 import json
 
 import pytest
+import timm
 import torch
+from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
 from radio.export import load, save_model
@@ -41,6 +44,30 @@ def test_r_zero_gives_outputs_identical_to_no_merging():
         assert torch.equal(out[n].features, ref[n].features)
     xn = (x - m.input_mean) / m.input_std  # the merging path itself, run with r = 0 in every block
     assert torch.equal(m.backbone.forward_merged(xn, [0] * 4).unmerge(), m.backbone.forward_features(xn))
+
+
+_ATTN_FLAGS = [f for f in ("qk_norm", "scale_norm", "gated") if f in inspect.signature(Attention).parameters]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("flags", [(), *[(f,) for f in _ATTN_FLAGS], tuple(_ATTN_FLAGS)],
+                         ids=lambda f: "+".join(f) or "plain")
+def test_forward_with_metric_copies_the_installed_timm_attention_forward(fused, flags):
+    """forward_with_metric re-implements timm's Attention.forward; with size=None it must equal it bit for bit,
+    so a timm release whose forward diverges fails here (installed timm: see the test id / timm.__version__)."""
+    assert {"qk_norm", "gated"} <= set(_ATTN_FLAGS), f"timm {timm.__version__} lacks a flag merging.py uses"
+    torch.manual_seed(0)
+    kw = {f: True for f in flags}
+    if {"qk_norm", "scale_norm"} & set(flags):
+        kw["norm_layer"] = torch.nn.LayerNorm
+    attn = MergingAttention(24, num_heads=3, qkv_bias=True, **kw).eval()
+    for p in attn.parameters():  # norms and biases away from their identity initialisation
+        torch.nn.init.normal_(p, std=0.5)
+    attn.fused_attn = fused
+    x = torch.randn(2, 7, 24)
+    out, metric = attn.forward_with_metric(x)
+    assert torch.equal(out, Attention.forward(attn, x))
+    assert metric.shape == (2, 7, 8)
 
 
 def test_proportional_attention_treats_a_token_of_size_2_as_two_copies():
