@@ -40,9 +40,9 @@ def main() -> None:
 
     import radio
     from radio.export import export_model, load
+    from radio.export.onnx import INPUT_NAME, OnnxGraph, export_onnx
     from radio.model.radio_model import ModelConfig, RADIOModel, TeacherHead
     from radio.model.vit import StudentConfig
-    from radio.onnx_export import INPUT_NAME, OnnxGraph, export_onnx
 
     torch.manual_seed(0)
     config = ModelConfig(student=StudentConfig(arch=a.arch, max_resolution=a.max_resolution),

@@ -6,7 +6,7 @@ teachers of that partition give targets (directly, or through a mosaic, radio.tr
 two steps, then frozen); the student runs once per partition; per teacher, its adaptor's outputs are compared
 with the normalized targets after grid matching; per-teacher and per-partition weighted losses are summed into
 one optimizer step. Validation measures fidelity and cos-error per teacher at several resolutions
-(radio.train.fidelity) and writes fidelity.json / fidelity.png beside the logs.
+(radio.fidelity) and writes fidelity.json / fidelity.png beside the logs.
 
 Long runs (radio.train.guard): every step's randomness (the student's position-embedding crops) is seeded from
 (seed, step, rank), so a resumed run repeats the interrupted one; a step whose loss is non-finite on any rank

@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from radio.export import (CONFIG_NAME, HF_MODEL_TYPE, WEIGHTS_NAME, ExportError, build_model, check_finite,
-                          check_weights_header, file_sha256, load_into, read_export, restore_derived_buffers,
-                          verify_weights)
+from radio.export.format import (CONFIG_NAME, HF_MODEL_TYPE, WEIGHTS_NAME, ExportError, file_sha256,
+                                 parse_export_config)
+from radio.export.read import check_weights_header, read_export, verify_weights
+from radio.export.state import build_model, check_finite, load_into, restore_derived_buffers
 from radio.model.radio_model import ModelConfig, RADIOModel
 from radio.types import IntermediatesOutput
 
@@ -36,7 +37,7 @@ class RADIOStudentConfig(PretrainedConfig):
     """transformers config of a radio student.
 
     Args:
-        radio_config: the native export config (radio.export.export_config): ModelConfig fields plus
+        radio_config: the native export config (radio.export.write.export_config): ModelConfig fields plus
             preprocessing, defaults and provenance.
         weights_sha256: checksum of model.safetensors, written at export and checked on local loads.
     """
@@ -50,8 +51,6 @@ class RADIOStudentConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     def model_config(self) -> ModelConfig:
-        from radio.export import parse_export_config
-
         if not self.radio_config:
             raise ExportError(f"{HF_MODEL_TYPE} config has an empty 'radio_config'")
         return parse_export_config(self.radio_config, f"{CONFIG_NAME}: radio_config")

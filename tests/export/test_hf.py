@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel
 
 import radio
 from radio.export import ExportError, export_checkpoint, file_sha256
-from radio.hf import RADIOStudentModel
+from radio.export.hf import RADIOStudentModel
 from tests.helpers import NAMES, assert_same_outputs, reference_model
 
 
@@ -49,7 +49,7 @@ def test_hf_round_trip_is_bit_identical(fit_checkpoint, hf_dir, tmp_path):
 
 def test_hf_config_is_registered_with_auto_classes():
     config = AutoConfig.for_model("radio_student")
-    assert type(config).__module__ == "radio.hf"
+    assert type(config).__module__ == "radio.export.hf"
 
 
 def test_import_radio_registers_the_auto_classes_when_transformers_is_imported():
@@ -61,7 +61,7 @@ def test_import_radio_registers_the_auto_classes_when_transformers_is_imported()
             "c = AutoConfig.for_model('radio_student'); print(type(c).__module__, MODEL_MAPPING[type(c)].__name__)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["radio.hf", "RADIOStudentModel"]
+    assert r.stdout.split() == ["radio.export.hf", "RADIOStudentModel"]
 
 
 def test_hf_loading_never_unpickles(hf_dir, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 
 from radio.cli.main import main
 from radio.export import ExportError, load
-from radio.onnx_export import check_onnx, compare_onnx, run_onnx
+from radio.export.onnx import check_onnx, compare_onnx, run_onnx
 from tests.helpers import reference_model
 
 

@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from radio.export.format import ExportError, read_json
+
 REPORT_NAME = "report.json"
 # How far above the checkpoint's folder to look for a report: runs/x/run/logs/version_0/checkpoints/last.ckpt
 # has its run folder 3 levels up and the folder holding the run (where `radio demo` writes report.json) 4 up.
@@ -33,8 +35,6 @@ def find_report(ckpt_path: str | Path) -> Optional[Path]:
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
-    from radio.export import ExportError, read_json
-
     report = read_json(path, "--report")
     if not isinstance(report, dict) or not isinstance(report.get("probes", {}), dict):
         raise ExportError(f"--report {str(path)!r}: expected an object with 'probes' "
@@ -113,7 +113,7 @@ normalized images (mean/std above).
 
 def model_card(config: dict[str, Any], fmt: str = "safetensors",
                report: Optional[dict[str, Any]] = None) -> str:
-    """Markdown model card for a native export config (see radio.export.export_config)."""
+    """Markdown model card for a native export config (see radio.export.write.export_config)."""
     s = config["student"]
     arch = (f"{s['arch']} (width {s.get('embed_dim')}, depth {s.get('depth')}, heads {s.get('num_heads')}), "
             f"patch {s['patch_size']}")

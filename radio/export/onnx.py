@@ -7,7 +7,7 @@ max resolution) and returns, in order: `summary` (B, C_summary), `features` (B, 
 Exported with the dynamo exporter (`torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`): the CPE's
 inference path (bilinear antialiased resize of the position grid to max(h, w), then a top-left window) becomes
 an ONNX `Resize` (antialias=1) on a `Max` of the symbolic grid sides followed by `Slice`; onnxruntime matches
-PyTorch on it (tests/test_onnx.py). The legacy TorchScript exporter bakes the grid size into the graph.
+PyTorch on it (tests/export/test_onnx.py). The legacy TorchScript exporter bakes the grid size into the graph.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from radio.export.format import ExportError
 from radio.model.radio_model import RADIOModel
 from radio.types import float_images
 
@@ -110,8 +111,6 @@ def check_onnx(model: RADIOModel, path: str | Path, sizes: Optional[Sequence[tup
                tolerance: float = TOLERANCE) -> dict[str, dict[str, float]]:
     """`compare_onnx` at `check_sizes` (or `sizes`); raises ExportError when a difference reaches
     `tolerance * max(1, max_abs_value)` (absolute for outputs up to 1, else relative to the largest)."""
-    from radio.export import ExportError
-
     try:
         import onnxruntime  # noqa: F401
     except ImportError as e:

@@ -21,6 +21,9 @@ from typing import Any, Optional
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from radio.export.format import CONFIG_NAME, ExportError, parse_export_config
+from radio.export.read import check_weights_header, read_export, verify_weights
+from radio.export.state import build_model
 from radio.model.radio_model import ModelConfig
 from radio.model.vit import RADIOStudent, StudentConfig
 
@@ -39,8 +42,6 @@ default_cfgs = generate_default_cfgs({ENTRYPOINT: _cfg()})
 
 def _resolve(source: Any) -> tuple[Optional[ModelConfig], Optional[Path]]:
     """(config, weights file) from an export dir, a weights file, a config.json, or a config dict."""
-    from radio.export import CONFIG_NAME, ExportError, parse_export_config, read_export
-
     if source is None:
         return None, None
     if isinstance(source, ModelConfig):
@@ -78,8 +79,6 @@ def radio_student(pretrained: bool = False, radio_config: Any = None, **kwargs: 
         **kwargs: StudentConfig fields (arch, patch_size, embed_dim, ...) and `num_summary_tokens` for a model
             without an export; timm's own options (pretrained_cfg_overlay, ...).
     """
-    from radio.export import ExportError, build_model, check_weights_header, read_export, verify_weights
-
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     config, weights = _resolve(radio_config)
     if overlay.get("file"):
