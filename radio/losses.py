@@ -9,11 +9,12 @@ References: AM-RADIO (Ranzinger et al., CVPR 2024); PHI-S (Ranzinger et al., 202
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from radio.ranges import NON_NEGATIVE, fields_errors
 from radio.registry import Registry
 
 FEATURE_LOSSES: Registry[Callable[..., Tensor]] = Registry("feature loss")
@@ -34,6 +35,12 @@ class LossConfig:
     cos_weight: float = 0.9
     smooth_l1_weight: float = 0.1
     smooth_l1_beta: float = 2.0
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """Range problems of the fields `values` (radio.schema): the weights and beta are >= 0."""
+        return fields_errors(where, values, {"cos_weight": NON_NEGATIVE, "smooth_l1_weight": NON_NEGATIVE,
+                                             "smooth_l1_beta": NON_NEGATIVE})
 
 
 def summary_cosine_loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -93,5 +93,5 @@ def fields_errors(where: str, obj: Any, ranges: Mapping[str, Range]) -> list[str
     for name, rng in ranges.items():
         present, value = _get(obj, name)
         if present:
-            errors += range_errors(f"{where}.{name}", value, rng)
+            errors += range_errors(f"{where}.{name}" if where else name, value, rng)
     return errors

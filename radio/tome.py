@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from radio.ranges import NON_NEGATIVE_INT, OPTIONAL_COUNT, range_errors
+from radio.schema import SchemaError, field_path, short
 
 Merge = Callable[..., Tensor]
 Unmerge = Callable[[Tensor], Tensor]
@@ -54,18 +57,25 @@ class TokenMergeConfig:
     schedule: str = "constant"
     num_tokens: Optional[int] = None
 
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """Range problems of the fields `values` (radio.schema), each naming its field under `where`."""
+        errors = merge_errors(values["r"], values["schedule"], field_path(where, "r"),
+                              field_path(where, "schedule"))
+        return errors + range_errors(field_path(where, "num_tokens"), values["num_tokens"], OPTIONAL_COUNT)
+
     def __post_init__(self) -> None:
-        check_schedule(self.r, self.schedule, "tome")
-        if self.num_tokens is not None and (not isinstance(self.num_tokens, int) or self.num_tokens < 1):
-            raise ValueError(f"tome.num_tokens must be a positive int or None, got {self.num_tokens!r}")
+        errors = self.check(vars(self), "tome")
+        if errors:
+            raise SchemaError(errors)
 
 
-def check_schedule(r: int, schedule: str, where: str) -> None:
-    """Raise a ValueError naming `where` for a negative r or an unknown schedule."""
-    if not isinstance(r, int) or r < 0:
-        raise ValueError(f"{where}.r must be an int >= 0, got {r!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"{where}.schedule {schedule!r} is unknown; valid: {', '.join(SCHEDULES)}")
+def merge_errors(r: Any, schedule: Any, r_field: str, schedule_field: str) -> list[str]:
+    """Problems of a merge count (an integer >= 0) and a schedule (one of SCHEDULES), naming their fields."""
+    errors = range_errors(r_field, r, NON_NEGATIVE_INT)
+    if not (isinstance(schedule, str) and schedule in SCHEDULES):
+        errors.append(f"{schedule_field}: must be one of {', '.join(SCHEDULES)}, got {short(schedule)}")
+    return errors
 
 
 def merge_schedule(num_layers: int, r: int, schedule: str = "constant") -> list[int]:
@@ -74,7 +84,9 @@ def merge_schedule(num_layers: int, r: int, schedule: str = "constant") -> list[
     "constant": r everywhere. "decreasing": round(2r (L-1-i)/(L-1)) in block i, from 2r down to 0, so the
     total (r L) matches "constant" but the merges happen earlier, where they save the most compute.
     """
-    check_schedule(r, schedule, "merge schedule")
+    errors = merge_errors(r, schedule, "r", "schedule")
+    if errors:
+        raise SchemaError(errors)
     if schedule == "constant" or num_layers == 1:
         return [r] * num_layers
     return [round(2 * r * (num_layers - 1 - i) / (num_layers - 1)) for i in range(num_layers)]

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from radio.schema import SchemaError, unknown_key_errors
 from radio.types import float_images
 
 
@@ -168,10 +169,10 @@ class Teacher(nn.Module):
 
 
 def resolve_options(teacher: str, given: Optional[dict[str, Any]], defaults: dict[str, Any]) -> dict[str, Any]:
-    """A family's options: `defaults` updated by `given`; an unknown key is an error listing the valid ones."""
+    """A family's options: `defaults` updated by `given`; an unknown key is a SchemaError listing the valid
+    ones."""
     given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        valid = ", ".join(sorted(defaults)) or "none"
-        raise ValueError(f"teacher {teacher!r}: unknown option(s) {unknown}; valid options: {valid}")
+    errors = unknown_key_errors(f"teacher {teacher!r} options", given, defaults)
+    if errors:
+        raise SchemaError(errors)
     return {**defaults, **given}

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from radio.registry import Registry
+from radio.schema import SchemaError, from_dict
 from teachers.base import Teacher, TeacherSpec
 
 TEACHERS: Registry[Callable[[TeacherSpec], Teacher]] = Registry("teacher")
@@ -47,17 +48,16 @@ def available() -> list[str]:
     return TEACHERS.names()
 
 
-def as_spec(name_or_config: Union[str, TeacherSpec, dict[str, Any]], **overrides: Any) -> TeacherSpec:
+def as_spec(name_or_config: Union[str, TeacherSpec, dict[str, Any]], *, where: str = "teacher",
+            **overrides: Any) -> TeacherSpec:
+    """A TeacherSpec from a registered name, a dict (radio.schema.from_dict: unknown keys and wrong types are
+    a SchemaError naming `where`.key) or a TeacherSpec (as it is); fields overridable by keyword."""
     if isinstance(name_or_config, TeacherSpec):
         spec = name_or_config
     elif isinstance(name_or_config, str):
         spec = TeacherSpec(name=name_or_config)
     elif isinstance(name_or_config, dict):
-        known = {f.name for f in dataclasses.fields(TeacherSpec)}
-        unknown = sorted(set(name_or_config) - known)
-        if unknown:
-            raise ValueError(f"teacher config: unknown key(s) {unknown}; allowed: {sorted(known)}")
-        spec = TeacherSpec(**name_or_config)
+        spec = from_dict(TeacherSpec, name_or_config, where)
     else:
         raise TypeError(f"teacher config must be a name, dict or TeacherSpec, got {type(name_or_config).__name__}")
     return dataclasses.replace(spec, **overrides) if overrides else spec
@@ -86,21 +86,21 @@ def untrusted_spec(spec: Union[TeacherSpec, dict[str, Any]], source: str) -> Tea
     A spec that turns on one of its family's code-running options (CODE_RUNNING_OPTIONS, e.g. hf's
     `trust_remote_code: true`) is refused with an UntrustedSpecError naming `source` and the key; otherwise those
     options are pinned to False, so that the build runs no code shipped with the model (an hf `model` directory
-    holding an `auto_map` module included). A malformed spec is refused the same way.
+    holding an `auto_map` module included). A malformed spec (radio.schema: unknown keys, wrong types) is
+    refused the same way.
 
     Args:
         source: where the spec was read, for the error (e.g. `EXPORT/config.json: provenance.teacher_specs[2]`).
     """
     _load_families()
     try:
-        spec = as_spec(spec)
-    except (TypeError, ValueError) as e:
+        if isinstance(spec, TeacherSpec):  # its fields are checked as a file's would be
+            from_dict(TeacherSpec, spec, "")
+        spec = as_spec(spec, where="")
+    except SchemaError as e:
+        raise UntrustedSpecError(str(e.prefixed(source))) from e
+    except TypeError as e:
         raise UntrustedSpecError(f"{source}: {e}") from e
-    if not isinstance(spec.name, str):
-        raise UntrustedSpecError(f"{source}: teacher name must be a string, got {spec.name!r}")
-    if spec.options is not None and not isinstance(spec.options, dict):
-        raise UntrustedSpecError(f"{source}: teacher {spec.name!r}: options must be a mapping, got "
-                                 f"{type(spec.options).__name__}")
     risky = CODE_RUNNING_OPTIONS.get(spec.name, ())
     options = dict(spec.options or {})
     for key in risky:

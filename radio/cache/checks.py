@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from radio.cache.config import (SUMMARY_MODES, CacheConfig, coerce_config, get_field, main_grid, teacher_mosaic,
-                                teacher_specs)
+from radio.cache.config import CacheConfig, coerce_config, get_field, main_grid, teacher_mosaic, teacher_specs
 from radio.cache.format import (DTYPES, FORMAT_VERSION, SPEC_FIELDS, CacheMismatchError, cached_folders,
                                 expected_resolution, read_cache_meta)
+from radio.schema import SchemaError
 from teachers.base import TeacherSpec
 from teachers.registry import as_spec
 
@@ -107,16 +107,11 @@ def missing_dir_error(cfg: CacheConfig) -> Optional[str]:
 
 
 def config_errors(cfg: CacheConfig, names: list[str]) -> list[str]:
-    """The values of a `data.cache` section out of range: `align` (one of the cached teachers `names`),
-    `summary` and `whole_view`."""
-    errors = []
+    """The `align` of a `data.cache` section that is not one of the cached teachers `names` (the section's
+    other values are checked when it is read: CacheConfig.check)."""
     if cfg.align is not None and cfg.align not in names:
-        errors.append(f"data.cache.align: {cfg.align!r} is not a cached teacher ({', '.join(names)})")
-    if cfg.summary not in SUMMARY_MODES:
-        errors.append(f"data.cache.summary: must be one of {SUMMARY_MODES}, got {cfg.summary!r}")
-    if not 0.0 <= cfg.whole_view <= 1.0:
-        errors.append(f"data.cache.whole_view: must be in [0, 1], got {cfg.whole_view}")
-    return errors
+        return [f"data.cache.align: {cfg.align!r} is not a cached teacher ({', '.join(names)})"]
+    return []
 
 
 def mosaic_error(name: str) -> str:
@@ -147,8 +142,8 @@ def cache_errors(cfg: Any, specs: dict[str, Any], mosaic: dict[str, bool], stude
     """
     try:
         cfg = coerce_config(cfg)
-    except (TypeError, ValueError) as e:
-        return [str(e)]
+    except SchemaError as e:
+        return e.errors
     errors = []
     unknown = [n for n in (cfg.teachers or []) if n not in specs]
     if unknown:

@@ -7,6 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from radio.ranges import PROBABILITY, range_errors
+from radio.schema import from_dict
+
 SUMMARY_MODES = ("exact", "approximate")
 
 
@@ -29,21 +32,24 @@ class CacheConfig:
     summary: str = "exact"
     whole_view: float = 0.25
 
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """Problems of the fields `values` (radio.schema): a directory, a summary mode, a probability. Whether
+        `align` is a cached teacher needs the recipe (radio.cache.checks.config_errors)."""
+        errors = []
+        if not values["dir"]:
+            errors.append(f"{where}.dir: required (the directory `radio cache --out DIR` wrote)")
+        if values["summary"] not in SUMMARY_MODES:
+            errors.append(f"{where}.summary: must be one of {SUMMARY_MODES}, got {values['summary']!r}")
+        return errors + range_errors(f"{where}.whole_view", values["whole_view"], PROBABILITY)
+
 
 def coerce_config(cfg: Any) -> CacheConfig:
-    if isinstance(cfg, CacheConfig):
-        return cfg
+    """A `data.cache` section (CacheConfig, mapping or jsonargparse Namespace) as a checked CacheConfig;
+    a SchemaError (a ValueError) names every problem."""
     if hasattr(cfg, "as_dict"):  # jsonargparse Namespace
         cfg = cfg.as_dict()
-    if not isinstance(cfg, dict):
-        raise TypeError(f"data.cache: expected a mapping, got {type(cfg).__name__}")
-    known = {f.name for f in dataclasses.fields(CacheConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"data.cache: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    if not cfg.get("dir"):
-        raise ValueError("data.cache.dir: required (the directory `radio cache --out DIR` wrote)")
-    return CacheConfig(**cfg)
+    return from_dict(CacheConfig, cfg, "data.cache")
 
 
 def get_field(obj: Any, key: str, default: Any = None) -> Any:

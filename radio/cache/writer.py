@@ -153,13 +153,13 @@ def cache_recipe(config: str, out: Optional[str] = None, shards: Optional[str] =
                  teachers: Optional[list[str]] = None, **kw: Any) -> tuple[str, dict[str, dict[str, Any]]]:
     """`radio cache`: the teachers of the recipe file `config` (`teachers`, else its data.cache.teachers, else
     all) cached over its training shards (or `shards`) into `out` (else its data.cache.dir), for its main student
-    grid. The recipe is validated first (without its data.cache, which this writes); `kw` go to `cache_teacher`.
+    grid. The recipe is checked first (without its data.cache, which this writes); `kw` go to `cache_teacher`.
 
     Returns (out, name -> the metadata written). A recipe that cannot run raises ConfigError.
     """
     import yaml
 
-    from radio.train.validate import ConfigError, validate_recipe
+    from radio.train.recipe_checks import ConfigError, check_recipe
 
     with open(config) as f:
         cfg = yaml.safe_load(f)
@@ -170,7 +170,7 @@ def cache_recipe(config: str, out: Optional[str] = None, shards: Optional[str] =
     out = out or cache.get("dir")
     if not out:
         raise ConfigError(f"{config}: give --out DIR (or data.cache.dir in the recipe)")
-    validate_recipe(cfg)
+    check_recipe(cfg)
     names = teachers or cache.get("teachers")
     specs = teacher_specs(model["teachers"])
     unknown = sorted(set(names or []) - set(specs))

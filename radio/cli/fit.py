@@ -24,7 +24,7 @@ from radio.data.datamodule import ShardDataModule
 from radio.train.callbacks import RadioCheckpoint
 from radio.train.lock import RunLock, check_writable, launching_process
 from radio.train.module import DistillModule
-from radio.train.validate import ConfigError, teacher_grid_errors, validate_recipe
+from radio.train.recipe_checks import ConfigError, check_recipe, teacher_grid_errors
 
 
 class _NoAdverts(logging.Filter):
@@ -43,7 +43,7 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 class RadioCLI(LightningCLI):
-    """LightningCLI whose recipes are validated before any class is instantiated."""
+    """LightningCLI whose recipes are checked (radio.train.recipe_checks) before any class is instantiated."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._run_lock: Optional[RunLock] = None
@@ -63,7 +63,7 @@ class RadioCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        validate_recipe(cfg)
+        check_recipe(cfg)
         if self.subcommand == "fit" and launching_process():
             self._run_lock = RunLock(cfg.get("trainer.default_root_dir") or os.getcwd()).acquire()
             old = self._run_lock.taken_over

@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from radio.data.health import BadDataError
     from radio.export import ExportError
     from radio.train.guard import NonFiniteLossError
-    from radio.train.validate import ConfigError
+    from radio.schema import ConfigError
 
     try:
         if argv and argv[0] in ("fit", "validate"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from radio.ranges import COUNT, NON_NEGATIVE, OPTIONAL_COUNT, range_errors
+from radio.schema import SchemaError, parse
 
 
 @dataclass
@@ -51,10 +52,10 @@ class Schedule:
     stages: list[StageConfig]
 
     def __post_init__(self) -> None:
-        self.stages = [_coerce_stage(s, i) for i, s in enumerate(self.stages)]
+        self.stages = parse(list[StageConfig], list(self.stages), "data.stages")  # mappings or StageConfigs
         errors = schedule_errors(self.stages)
         if errors:
-            raise ValueError("; ".join(errors))
+            raise SchemaError(errors)
 
     @classmethod
     def single(cls, resolution: int, batch_size: int) -> "Schedule":
@@ -80,29 +81,6 @@ class Schedule:
     @property
     def final(self) -> StageConfig:
         return self.stages[-1]
-
-
-def _coerce_stage(s: Any, i: int) -> StageConfig:
-    if isinstance(s, StageConfig):
-        parts = s.partitions
-        steps = s.steps
-    elif isinstance(s, dict):
-        unknown = sorted(set(s) - {"partitions", "steps"})
-        if unknown:
-            raise ValueError(f"data.stages[{i}]: unknown key(s) {unknown}; allowed: ['partitions', 'steps']")
-        parts, steps = s.get("partitions", []), s.get("steps")
-    else:
-        raise TypeError(f"data.stages[{i}]: expected a mapping, got {type(s).__name__}")
-    out = []
-    for j, p in enumerate(parts):
-        if isinstance(p, dict):
-            unknown = sorted(set(p) - set(PartitionConfig.__dataclass_fields__))
-            if unknown:
-                raise ValueError(f"data.stages[{i}].partitions[{j}]: unknown key(s) {unknown}; allowed: "
-                                 f"{sorted(PartitionConfig.__dataclass_fields__)}")
-            p = PartitionConfig(**p)
-        out.append(p)
-    return StageConfig(out, steps)
 
 
 def resolution_errors(field: str, res: Any, patch: Optional[int], max_res: Optional[int]) -> list[str]:

@@ -5,9 +5,11 @@ MLP shape (AM-RADIO / RADIOv2.5): Linear -> k x residual(LN -> GELU -> Linear) -
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from torch import Tensor, nn
+
+from radio.ranges import NON_NEGATIVE_INT, OPTIONAL_COUNT, fields_errors
 
 
 @dataclass
@@ -21,6 +23,11 @@ class AdaptorConfig:
 
     hidden_dim: Optional[int] = None
     num_inner: int = 1
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """Range problems of the fields `values` (radio.schema): a width >= 1 (or None), a count >= 0."""
+        return fields_errors(where, values, {"hidden_dim": OPTIONAL_COUNT, "num_inner": NON_NEGATIVE_INT})
 
 
 class _Residual(nn.Module):

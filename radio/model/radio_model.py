@@ -6,16 +6,18 @@ teacher libraries. Training (radio.train) and export/load (radio.export) both bu
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from radio import schema
 from radio.model.adaptors import AdaptorConfig, TeacherAdaptor
 from radio.model.vit import RADIOStudent, StudentConfig
 from radio.normalize import build_normalizer
+from radio.ranges import Range, fields_errors
+from radio.schema import SchemaError, field_path, short
 from radio.tome import Merge, TokenMergeConfig, Unmerge, budget_soft_matching, merge_schedule, merge_wavg
 from radio.types import AdaptorOutput, IntermediatesOutput, StudentOutput, float_images
 
@@ -43,6 +45,18 @@ class TeacherHead:
     normalizer: str = "none"
     has_adaptor: bool = True
 
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """Problems of a head read from a file (radio.schema): bounded widths (`LIMITS`), a name without '.'
+        (it is a key of the state dict) and a normalizer name."""
+        errors = fields_errors(where, values, _TEACHER_LIMITS)
+        if not values["name"] or "." in values["name"]:
+            errors.append(f"{field_path(where, 'name')}: must be a non-empty string without '.', got "
+                          f"{short(values['name'])}")
+        if not values["normalizer"]:
+            errors.append(f"{field_path(where, 'normalizer')}: must be a non-empty string, got ''")
+        return errors
+
 
 @dataclass
 class ModelConfig:
@@ -66,66 +80,37 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], source: str = "config") -> "ModelConfig":
-        """Parse and validate a config dict; errors name the source and the offending key.
+        """Parse and validate a config dict (radio.schema); every error names the source and the key.
 
         Every value is type- and range-checked (an export is untrusted input): ints are ints (not bools,
         floats or strings), widths and depths are positive and bounded (`LIMITS`), mean and std have 3 finite
         entries and std is > 0, format_version is a positive int no newer than `FORMAT_VERSION`.
         """
         if not isinstance(d, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
+            raise SchemaError([f"{source}: must be a JSON object, got {type(d).__name__}"])
         version = d.get("format_version")
         if version is None:
-            raise ValueError(f"{source}: missing key 'format_version'")
+            raise SchemaError([f"{source}: missing key(s) ['format_version']"])
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"{source}: format_version must be a positive integer, got {version!r}")
+            raise SchemaError([f"{source}: format_version: must be a positive integer, got {short(version)}"])
         if version > FORMAT_VERSION:
-            raise ValueError(f"{source}: format_version {version!r} is newer than this radio supports "
-                             f"({FORMAT_VERSION}); upgrade radio to load it")
-        _check_keys(d, {f.name for f in dataclasses.fields(cls)}, source, required=("student",))
-        student_d = dict(_obj(d["student"], f"{source}: student"))
-        _check_keys(student_d, {f.name for f in dataclasses.fields(StudentConfig)}, f"{source}: student")
-        _check_values(student_d, _STUDENT_SPEC, f"{source}: student")
-        for k in ("mean", "std"):
-            if k in student_d:
-                student_d[k] = tuple(student_d[k])
-        teachers_l = d.get("teachers", [])
-        if not isinstance(teachers_l, list) or len(teachers_l) > LIMITS["teachers"]:
-            raise ValueError(f"{source}: teachers must be a list of at most {LIMITS['teachers']} objects, "
-                             f"got {_short(teachers_l)}")
-        teachers = []
-        for i, t in enumerate(teachers_l):
-            where = f"{source}: teachers[{i}]"
-            _check_keys(_obj(t, where), {f.name for f in dataclasses.fields(TeacherHead)}, where,
-                        required=("name", "feature_dim"))
-            _check_values(t, _TEACHER_SPEC, where)
-            teachers.append(TeacherHead(**t))
-        adaptor_d = _obj(d.get("adaptor", {}), f"{source}: adaptor")
-        _check_keys(adaptor_d, {f.name for f in dataclasses.fields(AdaptorConfig)}, f"{source}: adaptor")
-        _check_values(adaptor_d, _ADAPTOR_SPEC, f"{source}: adaptor")
-        tome_d = _obj(d.get("tome", {}), f"{source}: tome")
-        _check_keys(tome_d, {f.name for f in dataclasses.fields(TokenMergeConfig)}, f"{source}: tome")
-        _check_values(tome_d, _TOME_SPEC, f"{source}: tome")
+            raise SchemaError([f"{source}: format_version {version!r} is newer than this radio supports "
+                               f"({FORMAT_VERSION}); upgrade radio to load it"])
         try:
-            tome = TokenMergeConfig(**tome_d)
-            student = StudentConfig(**student_d)
-            student.resolved()  # the architecture exists and its width divides into heads
-            if student.max_resolution < student.patch_size:
-                raise ValueError(f"student.max_resolution {student.max_resolution} is smaller than "
-                                 f"student.patch_size {student.patch_size}")
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}") from e
-        return cls(student=student, teachers=teachers, adaptor=AdaptorConfig(**adaptor_d),
-                   format_version=version, tome=tome)
+            return schema.from_dict(cls, d, "")
+        except SchemaError as e:
+            raise e.prefixed(source) from None
 
-
-def _check_keys(d: Dict[str, Any], allowed: set, where: str, required: Sequence[str] = ()) -> None:
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}")
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """The bounds of a config read from a file (`LIMITS`), on top of its parts' own checks."""
+        errors = fields_errors(field_path(where, "student"), values["student"], _STUDENT_LIMITS)
+        errors += fields_errors(field_path(where, "adaptor"), values["adaptor"], _ADAPTOR_LIMITS)
+        errors += fields_errors(field_path(where, "tome"), values["tome"], _TOME_LIMITS)
+        if len(values["teachers"]) > LIMITS["teachers"]:
+            n = len(values["teachers"])
+            errors.append(f"{field_path(where, 'teachers')}: must hold at most {LIMITS['teachers']}, got {n}")
+        return errors
 
 
 # Bounds of a config read from a file: far above any real model, low enough that a corrupted value fails here
@@ -133,75 +118,23 @@ def _check_keys(d: Dict[str, Any], allowed: set, where: str, required: Sequence[
 LIMITS = {"width": 1 << 16, "depth": 1024, "patch": 1024, "side": 1 << 16, "tokens": 1 << 20, "teachers": 256}
 
 
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _obj(v: Any, where: str) -> Dict[str, Any]:
-    if not isinstance(v, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(v).__name__}")
-    return v
-
-
-def _int(lo: int, hi: int, null: bool = False):
-    def check(v: Any) -> Optional[str]:
-        if v is None and null:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            return f"an integer in [{lo}, {hi}]" + (" or null" if null else "")
-        return None
-    return check
-
-
-def _real(lo: float, hi: float, lo_open: bool = False):
-    def check(v: Any) -> Optional[str]:
-        ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-              and (lo < v if lo_open else lo <= v) and v <= hi)
-        return None if ok else f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
-    return check
-
-
-def _triple(positive: bool):
-    def check(v: Any) -> Optional[str]:
-        ok = (isinstance(v, (list, tuple)) and len(v) == 3
-              and all(not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
-                      and (x > 0 or not positive) for x in v))
-        return None if ok else "a list of 3 finite numbers" + (" > 0" if positive else "")
-    return check
-
-
-def _str(v: Any) -> Optional[str]:
-    return None if isinstance(v, str) and v else "a non-empty string"
-
-
-def _name(v: Any) -> Optional[str]:
-    return None if isinstance(v, str) and v and "." not in v else "a non-empty string without '.'"
-
-
-def _bool(v: Any) -> Optional[str]:
-    return None if isinstance(v, bool) else "true or false"
-
-
-def _check_values(d: Dict[str, Any], spec: Dict[str, Any], where: str) -> None:
-    for key, check in spec.items():
-        if key in d and (want := check(d[key])) is not None:
-            raise ValueError(f"{where}.{key} must be {want}, got {_short(d[key])}")
+def _count(lo: int, hi: int, optional: bool = False) -> Range:
+    return Range(lo=lo, hi=hi, integer=True, optional=optional)
 
 
 _W, _D = LIMITS["width"], LIMITS["depth"]
-_STUDENT_SPEC = {
-    "arch": _str, "patch_size": _int(1, LIMITS["patch"]), "embed_dim": _int(1, _W, null=True),
-    "depth": _int(1, _D, null=True), "num_heads": _int(1, _W, null=True), "mlp_ratio": _real(0, 64, lo_open=True),
-    "num_registers": _int(0, _D, null=True), "register_multiple": _int(0, _D),
-    "max_resolution": _int(1, LIMITS["side"]), "cpe_drop": _real(0, 1), "drop_path": _real(0, 1),
-    "mean": _triple(positive=False), "std": _triple(positive=True), "train_merge_r": _int(0, LIMITS["tokens"]),
-    "train_merge_schedule": _str,
-}
-_TEACHER_SPEC = {"name": _name, "summary_dim": _int(0, _W, null=True), "feature_dim": _int(1, _W),
-                 "patch_size": _int(1, LIMITS["patch"]), "normalizer": _str, "has_adaptor": _bool}
-_ADAPTOR_SPEC = {"hidden_dim": _int(1, _W, null=True), "num_inner": _int(0, _D)}
-_TOME_SPEC = {"r": _int(0, LIMITS["tokens"]), "schedule": _str, "num_tokens": _int(1, LIMITS["tokens"], null=True)}
+_STUDENT_LIMITS = {
+    "patch_size": _count(1, LIMITS["patch"]), "embed_dim": _count(1, _W, True), "depth": _count(1, _D, True),
+    "num_heads": _count(1, _W, True), "mlp_ratio": Range(lo=0, hi=64, lo_open=True),
+    "num_registers": _count(0, _D, True), "register_multiple": _count(0, _D),
+    "max_resolution": _count(1, LIMITS["side"]), "cpe_drop": Range(lo=0, hi=1),
+    "drop_path": Range(lo=0, hi=1),
+    "train_merge_r": _count(0, LIMITS["tokens"]),
+}  # mean, std, arch, train_merge_schedule: StudentConfig.check
+_TEACHER_LIMITS = {"summary_dim": _count(0, _W, True), "feature_dim": _count(1, _W),
+                   "patch_size": _count(1, LIMITS["patch"])}
+_ADAPTOR_LIMITS = {"hidden_dim": _count(1, _W, True), "num_inner": _count(0, _D)}
+_TOME_LIMITS = {"r": _count(0, LIMITS["tokens"]), "num_tokens": _count(1, LIMITS["tokens"], True)}
 
 
 class StudentTokens(NamedTuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -20,7 +20,8 @@ from radio.model.cpe import CroppedPosEmbed
 from radio.model.merging import MergingAttention, MergingBlock
 from radio.ranges import (COUNT, NON_NEGATIVE_INT, OPTIONAL_COUNT, OPTIONAL_NON_NEGATIVE_INT, POSITIVE, PROBABILITY,
                           Range, fields_errors, range_errors)
-from radio.tome import check_schedule, group_index, merge_schedule
+from radio.schema import SchemaError
+from radio.tome import group_index, merge_errors, merge_schedule
 
 # Registered sizes: width, depth, heads.
 STUDENT_ARCHS: dict[str, tuple[int, int, int]] = {
@@ -71,28 +72,33 @@ class StudentConfig:
     train_merge_r: int = 0
     train_merge_schedule: str = "constant"
 
-    def errors(self, where: str = "model.student") -> list[str]:
-        """Values outside their ranges (see STUDENT_RANGES), each naming its field; [] when all are valid."""
-        return student_errors(self, where)
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str = "model.student") -> list[str]:
+        """Problems of the fields `values` (radio.schema), each naming its field under `where`: the ranges
+        (`student_errors`), a registered or complete custom architecture, the training merge schedule."""
+        errors = student_errors(values, where)
+        if errors:
+            return errors
+        arch = values["arch"]
+        if arch == "custom":
+            missing = [k for k in ("embed_dim", "depth", "num_heads") if values[k] is None]
+            if missing:
+                errors.append(f"{where}.arch: 'custom' needs " + ", ".join(f"{where}.{k}" for k in missing))
+        elif arch not in STUDENT_ARCHS:
+            errors.append(f"{where}.arch: unknown architecture {arch!r}; valid: "
+                          f"{', '.join(sorted(STUDENT_ARCHS))}, custom")
+        return errors + merge_errors(values["train_merge_r"], values["train_merge_schedule"],
+                                     f"{where}.train_merge_r", f"{where}.train_merge_schedule")
 
     def resolved(self) -> tuple[int, int, int]:
         """(embed_dim, depth, num_heads) after applying the registered size and overrides."""
-        errors = self.errors("student")
+        errors = self.check(vars(self), "student")
         if errors:
-            raise ValueError("; ".join(errors))
-        if self.arch == "custom":
-            missing = [k for k in ("embed_dim", "depth", "num_heads") if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"student.arch 'custom' needs student.{', student.'.join(missing)}")
-            base = (0, 0, 0)
-        elif self.arch in STUDENT_ARCHS:
-            base = STUDENT_ARCHS[self.arch]
-        else:
-            raise ValueError(f"unknown student.arch {self.arch!r}; valid: {', '.join(sorted(STUDENT_ARCHS))}, custom")
+            raise SchemaError(errors)
+        base = (0, 0, 0) if self.arch == "custom" else STUDENT_ARCHS[self.arch]
         dim = base[0] if self.embed_dim is None else self.embed_dim
         depth = base[1] if self.depth is None else self.depth
         heads = base[2] if self.num_heads is None else self.num_heads
-        check_schedule(self.train_merge_r, self.train_merge_schedule, "student.train_merge")
         return dim, depth, heads
 
     def num_register_tokens(self, num_summary_tokens: int) -> int:
@@ -109,7 +115,7 @@ STUDENT_RANGES: dict[str, Range] = {
     "patch_size": COUNT, "embed_dim": OPTIONAL_COUNT, "depth": OPTIONAL_COUNT, "num_heads": OPTIONAL_COUNT,
     "mlp_ratio": POSITIVE, "num_registers": OPTIONAL_NON_NEGATIVE_INT, "register_multiple": NON_NEGATIVE_INT,
     "max_resolution": COUNT, "cpe_drop": PROBABILITY, "drop_path": Range(lo=0, hi=1, hi_open=True),
-}  # train_merge_r / train_merge_schedule: radio.tome.check_schedule (in `resolved`)
+}  # train_merge_r / train_merge_schedule: radio.tome.merge_errors (in `StudentConfig.check`)
 
 
 def student_errors(cfg: object, where: str = "model.student") -> list[str]:

@@ -1,1 +1,1 @@
-"""The training loop: recipe schemas, the LightningModule and config validation."""
+"""The training loop: recipe schemas, the LightningModule and the recipe checks."""

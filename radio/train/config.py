@@ -1,17 +1,21 @@
-"""Recipe schemas of the training loop (LightningCLI reads these type hints; unknown keys are rejected)."""
+"""Recipe schemas of the training loop (LightningCLI reads these type hints; unknown keys are rejected).
+
+Each section states its allowed values in a `check` classmethod (radio.schema, radio.ranges): `coerce` (what
+the module's constructor does with a section) and the recipe checks (radio.train.recipe_checks) run the same.
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional, Type, TypeVar
+from typing import Any, Mapping, Optional, Type, TypeVar
 
-from radio.losses import LossConfig
-from radio.model.adaptors import AdaptorConfig
-from radio.ranges import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, OPTIONAL_COUNT, POSITIVE, PROBABILITY, Range, \
-    fields_errors, range_errors
+from radio.ranges import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, PROBABILITY, Range, fields_errors, \
+    range_errors
+from radio.schema import from_dict
 from teachers.base import TeacherSpec
 
 T = TypeVar("T")
+BETA = Range(lo=0, hi=1, hi_open=True)  # each of AdamW's betas
 
 
 @dataclass
@@ -31,6 +35,11 @@ class TeacherEntry(TeacherSpec):
     feature_weight: float = 1.0
     normalizer: str = "none"
     mosaic: bool = False
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """The loss weights are >= 0 (radio.schema)."""
+        return fields_errors(where, values, {"summary_weight": NON_NEGATIVE, "feature_weight": NON_NEGATIVE})
 
     def spec(self) -> TeacherSpec:
         """The TeacherSpec part (what `teachers.build` takes)."""
@@ -56,6 +65,15 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
 
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        """Range problems of the fields `values` (radio.schema), each naming its field."""
+        errors = fields_errors(where, values, {"lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+                                               "warmup_steps": NON_NEGATIVE_INT, "min_lr_ratio": PROBABILITY})
+        for i, b in enumerate(values["betas"]):
+            errors += range_errors(f"{where}.betas[{i}]", b, BETA)
+        return errors
+
 
 @dataclass
 class NormalizationConfig:
@@ -68,6 +86,10 @@ class NormalizationConfig:
     """
 
     estimate_steps: int = 3000
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        return fields_errors(where, values, {"estimate_steps": COUNT})
 
 
 @dataclass
@@ -82,6 +104,10 @@ class StabilityConfig:
 
     max_nonfinite_steps: int = 5
 
+    @classmethod
+    def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
+        return fields_errors(where, values, {"max_nonfinite_steps": COUNT})
+
 
 @dataclass
 class ValidationConfig:
@@ -95,46 +121,10 @@ class ValidationConfig:
     resolutions: Optional[list[int]] = None
 
 
-# Allowed values of the sections' fields (radio.ranges); validate_recipe checks them before anything is built.
-SECTION_RANGES: dict[type, dict[str, Range]] = {
-    TeacherEntry: {"summary_weight": NON_NEGATIVE, "feature_weight": NON_NEGATIVE},
-    OptimConfig: {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE_INT,
-                  "min_lr_ratio": PROBABILITY},
-    NormalizationConfig: {"estimate_steps": COUNT},
-    StabilityConfig: {"max_nonfinite_steps": COUNT},
-    LossConfig: {"cos_weight": NON_NEGATIVE, "smooth_l1_weight": NON_NEGATIVE, "smooth_l1_beta": NON_NEGATIVE},
-    AdaptorConfig: {"hidden_dim": OPTIONAL_COUNT, "num_inner": NON_NEGATIVE_INT},
-}
-BETA = Range(lo=0, hi=1, hi_open=True)
-
-
-def section_errors(cls: type, value: Any, where: str) -> list[str]:
-    """Range problems of one recipe section (a dataclass instance, dict or Namespace of `cls`'s fields)."""
-    errors = fields_errors(where, value, SECTION_RANGES.get(cls, {}))
-    if cls is OptimConfig and value is not None:
-        betas = value.get("betas") if isinstance(value, dict) else getattr(value, "betas", None)
-        if betas is not None and (not isinstance(betas, (list, tuple)) or len(betas) != 2):
-            errors.append(f"{where}.betas: must be two numbers in [0, 1), got {betas!r}")
-        elif betas is not None:
-            for i, b in enumerate(betas):
-                errors += range_errors(f"{where}.betas[{i}]", b, BETA)
-    return errors
-
-
 def coerce(cls: Type[T], value: Any, where: str) -> T:
-    """Accept a dataclass instance or a dict (e.g. from a checkpoint's hyper-parameters); values outside their
-    ranges (SECTION_RANGES) are a ValueError naming the field."""
-    if isinstance(value, dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    elif not isinstance(value, cls):
-        raise TypeError(f"{where}: expected {cls.__name__} or dict, got {type(value).__name__}")
-    errors = section_errors(cls, value, where)
-    if errors:
-        raise ValueError("; ".join(errors))
-    return value if isinstance(value, cls) else cls(**value)
+    """A section given as a dataclass instance or a dict (e.g. a checkpoint's hyper-parameters), checked:
+    radio.schema.from_dict (unknown keys, types, the section's `check`); a SchemaError names every problem."""
+    return from_dict(cls, value, where)
 
 
 def to_plain(obj: Any) -> Any:

@@ -19,7 +19,7 @@ import tempfile
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from radio.train.validate import ConfigError
+from radio.schema import ConfigError
 
 LOCK_NAME = ".radio-run.lock"
 

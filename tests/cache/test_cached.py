@@ -23,7 +23,7 @@ from radio.data.synth import write_synth
 from radio.data.transforms import eval_transform
 from radio.train.module import DistillModule
 from radio.train.targets import summary_target_loss
-from radio.train.validate import ConfigError, validate_recipe
+from radio.train.recipe_checks import ConfigError, check_recipe
 from tests.helpers import TINY_CLIP, TINY_DINO, TINY_SAM, TINY_STUDENT, tiny_recipe
 
 SPECS = [TINY_CLIP, TINY_DINO, TINY_SAM]
@@ -139,12 +139,12 @@ def test_a_recipe_whose_teacher_differs_from_the_cache_fails_before_compute(synt
         raise AssertionError("a teacher was built before the recipe was validated")
 
     monkeypatch.setattr(teachers, "build", boom)
-    validate_recipe(_recipe(synth_dir, tmp_path, cached))  # the cache fits its own recipe
+    check_recipe(_recipe(synth_dir, tmp_path, cached))  # the cache fits its own recipe
     r = _recipe(synth_dir, tmp_path, cached)
     r["model"]["teachers"][1]["seed"] = 7
     r["model"]["teachers"][2]["arch"]["depth"] = 3
     with pytest.raises(ConfigError) as info:
-        validate_recipe(r)
+        check_recipe(r)
     msg = str(info.value)
     assert f"{cached / 'dino_v2' / 'meta.json'}" in msg and "seed: cache 2 != recipe 7" in msg
     assert f"{cached / 'sam' / 'meta.json'}" in msg and "arch: cache" in msg
@@ -153,7 +153,7 @@ def test_a_recipe_whose_teacher_differs_from_the_cache_fails_before_compute(synt
     r["model"]["teachers"][1]["name"] = "dino_v3"
     r["model"]["teachers"][0]["mosaic"] = True
     with pytest.raises(ConfigError) as info:
-        validate_recipe(r)
+        check_recipe(r)
     msg = str(info.value)
     assert "data.cache.align: 'sam' is not a cached teacher" in msg
     assert "model.teachers (clip): mosaic and data.cache exclude each other" in msg
@@ -161,13 +161,13 @@ def test_a_recipe_whose_teacher_differs_from_the_cache_fails_before_compute(synt
     r["data"]["resolution"] = 96
     with pytest.raises(ConfigError, match=r"dino_v2/meta.json was not written for .* resolution: cache \[56, 56\] "
                                           r"!= recipe \[84, 84\]"):
-        validate_recipe(r)
+        check_recipe(r)
     with pytest.raises(ConfigError, match=r"data.cache.dir: '.*nowhere' does not exist \(write it with `radio cache"):
-        validate_recipe(_recipe(synth_dir, tmp_path, tmp_path / "nowhere"))
+        check_recipe(_recipe(synth_dir, tmp_path, tmp_path / "nowhere"))
     r = _recipe(synth_dir, tmp_path, cached)
     r["data"]["shards"] = str(synth_dir / "train")
     with pytest.raises(ConfigError) as info:
-        validate_recipe(r)
+        check_recipe(r)
     msg = str(info.value)
     for name in ("clip", "dino_v2", "sam"):  # 000001.tar is not cached; 000000.tar is another shard of that name
         assert f"feature cache {cached / name}: no feature shard for 1 training shard(s), e.g. " in msg

@@ -25,7 +25,7 @@ def test_registered_sizes_and_custom_validation():
     assert StudentConfig(arch="vit_large", depth=2).resolved() == (1024, 2, 16)
     with pytest.raises(ValueError, match="needs student.embed_dim"):
         StudentConfig(arch="custom").resolved()
-    with pytest.raises(ValueError, match="unknown student.arch 'vit_gigantic'"):
+    with pytest.raises(ValueError, match="student.arch: unknown architecture 'vit_gigantic'"):
         StudentConfig(arch="vit_gigantic").resolved()
 
 

@@ -69,7 +69,7 @@ def test_sam_pre_neck_features_are_what_the_neck_reads():
 def test_sam_rejects_unknown_variants_options_and_arch_keys():
     with pytest.raises(ValueError, match="unknown SAM variant 'vit_x'; valid: vit_b, vit_l, vit_h"):
         teachers.build(TINY_SAM, model="vit_x")
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]; valid options: features"):
+    with pytest.raises(ValueError, match=r"'sam' options: unknown key\(s\) \['colour'\]; allowed: \['feat"):
         teachers.build(TINY_SAM, options={"colour": 1})
     with pytest.raises(ValueError, match="options.features must be one of"):
         teachers.build(TINY_SAM, options={"features": "logits"})

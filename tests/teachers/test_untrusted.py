@@ -56,8 +56,9 @@ def test_untrusted_spec_leaves_families_without_code_running_options_as_they_are
 
 @pytest.mark.parametrize("spec, error", [
     ({"name": "hf", "evil": 1}, r"unknown key\(s\) \['evil'\]"),
-    ({"name": "hf", "options": ["trust_remote_code"]}, "options must be a mapping, got list"),
-    ({"name": ["hf"]}, "teacher name must be a string"),
+    ({"name": "hf", "options": ["trust_remote_code"]}, r"options: must be a mapping or null, got \['"),
+    ({"name": ["hf"]}, r"name: must be a string, got \['hf'\]"),
+    ({"name": "hf", "seed": "0"}, "seed: must be an integer, got '0'"),
     (3, "teacher config must be a name, dict or TeacherSpec"),
 ])
 def test_untrusted_spec_refuses_malformed_specs_naming_the_file(spec, error):

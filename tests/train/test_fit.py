@@ -8,7 +8,7 @@ from eval.report import read_metrics_csv
 from radio.cli.fit import run_fit
 from radio.export import export_checkpoint, load, read_checkpoint
 from radio.model.radio_model import FORMAT_VERSION
-from radio.train.validate import ConfigError
+from radio.train.recipe_checks import ConfigError
 from tests.helpers import TINY_CLIP, TINY_DINO, fit_tiny, tiny_recipe, write_recipe
 
 

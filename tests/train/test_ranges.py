@@ -99,12 +99,12 @@ def test_a_value_out_of_range_exits_2_naming_the_field(path, value, expected, sy
 
 @pytest.mark.parametrize("path,value,expected", MORE_BAD_VALUES, ids=[f"{p}={v}" for p, v, _ in MORE_BAD_VALUES])
 def test_more_values_out_of_range_are_named(path, value, expected, synth_dir, tmp_path):
-    from radio.train.validate import ConfigError, validate_recipe
+    from radio.train.recipe_checks import ConfigError, check_recipe
 
     recipe = tiny_recipe(str(synth_dir / "train"), None, tmp_path / "run", steps=2)
     _set(recipe, path, copy.deepcopy(value))
     with pytest.raises(ConfigError) as e:
-        validate_recipe(recipe)
+        check_recipe(recipe)
     lines = str(e.value).splitlines()
     assert len(lines) == 2 and expected in lines[1], (expected, str(e.value))
 
@@ -126,14 +126,14 @@ def test_every_error_of_a_recipe_is_reported_together(synth_dir, tmp_path, monke
 
 def test_in_range_edge_values_pass_the_checks(synth_dir, tmp_path):
     """The bounds themselves, where allowed (min_crop_scale 1, warm-up 0, keep_last -1, max_steps -1)."""
-    from radio.train.validate import validate_recipe
+    from radio.train.recipe_checks import check_recipe
 
     recipe = tiny_recipe(str(synth_dir / "train"), None, tmp_path / "run", steps=2)
     for path, value in (("data.min_crop_scale", 1.0), ("model.optimizer.warmup_steps", 0),
                         ("trainer.callbacks.0.init_args.keep_last", -1), ("trainer.max_steps", -1),
                         ("data.num_workers", 0), ("model.optimizer.weight_decay", 0.0)):
         _set(recipe, path, value)
-    validate_recipe(recipe)
+    check_recipe(recipe)
 
 
 @pytest.mark.parametrize("kwargs,field", [({"resolution": 0, "batch_size": 4}, "data.resolution"),

@@ -1,18 +1,25 @@
-"""Recipe validation that runs before anything is built or computed.
+"""The checks of a recipe that run before anything is built or computed (`check_recipe`), and the one that
+needs the built teachers (`teacher_grid_errors`). ("Validate" means Lightning's validation loop only:
+`radio validate`.)
 
-Checks: no unknown keys (LightningCLI's parser rejects them in typed sections; plain YAML read by other commands
-is checked here), teacher names are registered and unique, normalizer names are registered, the student
-architecture resolves, every training resolution (single `data.resolution` or every partition of `data.stages`)
-and every fidelity resolution is a multiple of the student's patch size and within its max_resolution, stages
-are well formed (steps, batch sizes, partition teachers that exist), `data.resolution`/`data.batch_size` and
-`data.stages` are not mixed, every shard pattern matches files and the shard set is not empty (each shard
-starts with a tar header; at least one holds a member), the trainer's distributed strategy fits its accelerator
-(FSDP needs GPUs), every value with a range is in it (radio.ranges: batch sizes, steps, warm-up, depth, heads,
-patch size, learning rate, weight decay, workers, crop scale, image-pixel limit, the trainer's step counts and
-intervals, checkpoint intervals; each error names the field and the allowed range), and a `data.cache` holds,
-for every teacher it reads, a cache written for that teacher (meta.json) with a feature shard per training
-shard. `teacher_grid_errors` runs once the teachers are built, before any step: every teacher must reach every
-student grid it is asked to match. Errors name the field or path.
+Checks: no unknown keys and no value of the wrong type (LightningCLI's parser checks its typed sections; plain
+YAML read by other commands is checked here), teacher names are registered and unique, normalizer names are
+registered, the student architecture resolves, every training resolution (single `data.resolution` or every
+partition of `data.stages`) and every fidelity resolution is a multiple of the student's patch size and within
+its max_resolution, stages are well formed (steps, batch sizes, partition teachers that exist),
+`data.resolution`/`data.batch_size` and `data.stages` are not mixed, every shard pattern matches files and the
+shard set is not empty (each shard starts with a tar header; at least one holds a member), the trainer's
+distributed strategy fits its accelerator (FSDP needs GPUs), every value with a range is in it (radio.ranges:
+batch sizes, steps, warm-up, depth, heads, patch size, learning rate, weight decay, workers, crop scale,
+image-pixel limit, the trainer's step counts and intervals, checkpoint intervals; each error names the field
+and the allowed range), and a `data.cache` holds, for every teacher it reads, a cache written for that teacher
+(meta.json) with a feature shard per training shard. `teacher_grid_errors` runs once the teachers are built,
+before any step: every teacher must reach every student grid it is asked to match. Errors name the field or
+path, and are all reported together in one ConfigError.
+
+The sections that are dataclasses (model.student, model.teachers, model.optimizer/loss/adaptor/normalization/
+validation/stability, data.stages, data.cache) are checked by radio.schema with their own `check` rules: the
+same checks their constructors run.
 """
 from __future__ import annotations
 
@@ -22,10 +29,9 @@ import tarfile
 from typing import Any, Iterable, Mapping
 
 from radio.ranges import COUNT, OPTIONAL_COUNT, OPTIONAL_NON_NEGATIVE_INT, Range, fields_errors
+from radio.schema import ConfigError, schema_errors, unknown_key_errors
 
-
-class ConfigError(ValueError):
-    """A recipe that cannot run; the message names the field or path."""
+__all__ = ["ConfigError", "check_recipe", "teacher_grid_errors"]
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
@@ -36,6 +42,27 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
+def _plain(obj: Any) -> Any:
+    """A recipe value as plain data: jsonargparse Namespaces as dicts, without jsonargparse's `__path__`."""
+    if not isinstance(obj, Mapping) and hasattr(obj, "as_dict"):
+        obj = obj.as_dict()
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items() if k != "__path__"}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _named(errors: Iterable[str]) -> set[str]:
+    """The fields (dotted paths) that errors name."""
+    return {e.split(": ", 1)[0] for e in errors}
+
+
+def _unless_named(errors: Iterable[str], named: set[str]) -> list[str]:
+    """`errors` less those about a field already named (a mistyped value fails one check, not two)."""
+    return [e for e in errors if e.split(": ", 1)[0] not in named]
+
+
 TOP_LEVEL_KEYS = {"seed_everything", "trainer", "model", "data", "ckpt_path", "weights_only", "optimizer",
                   "lr_scheduler", "config", "subcommand"}
 
@@ -43,20 +70,24 @@ TOP_LEVEL_KEYS = {"seed_everything", "trainer", "model", "data", "ckpt_path", "w
 def _unknown(where: str, obj: Any, allowed: Iterable[str]) -> list[str]:
     if not isinstance(obj, Mapping):
         return []  # parsed by LightningCLI's typed parser, which rejects unknown keys itself
-    extra = sorted(set(obj) - set(allowed) - {"__path__"})
-    return [f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}"] if extra else []
+    return unknown_key_errors(where, set(obj) - {"__path__"}, allowed)
 
 
 def _params(cls: type) -> set[str]:
     return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
 
 
-def unknown_key_errors(cfg: Any) -> list[str]:
-    """Unknown keys in a plain-dict recipe (top level, model, data, each teacher, the student, stages)."""
+def schema_pass(cfg: Any) -> list[str]:
+    """Unknown keys of the recipe, the model and the data sections, and radio.schema's problems (unknown keys,
+    types, the section's own `check`) of every dataclass section: the student, each teacher, the model's other
+    sections and the stages (data.cache: radio.cache.checks)."""
     from radio.data.datamodule import ShardDataModule
-    from radio.data.schedule import PartitionConfig
+    from radio.data.schedule import StageConfig
+    from radio.losses import LossConfig
+    from radio.model.adaptors import AdaptorConfig
     from radio.model.vit import StudentConfig
-    from radio.train.config import TeacherEntry
+    from radio.train.config import (NormalizationConfig, OptimConfig, StabilityConfig, TeacherEntry,
+                                    ValidationConfig)
     from radio.train.module import DistillModule
 
     errors = _unknown("recipe", cfg, TOP_LEVEL_KEYS)
@@ -66,13 +97,16 @@ def unknown_key_errors(cfg: Any) -> list[str]:
         errors += _unknown("model", model_args, _params(DistillModule))
     if not (isinstance(data, Mapping) and "class_path" in data):
         errors += _unknown("data", data_args, _params(ShardDataModule))
-    errors += _unknown("model.student", _get(model_args, "student"), StudentConfig.__dataclass_fields__)
-    for i, t in enumerate(_get(model_args, "teachers") or []):
-        errors += _unknown(f"model.teachers[{i}]", t, TeacherEntry.__dataclass_fields__)
-    for i, st in enumerate(_get(data_args, "stages") or []):
-        errors += _unknown(f"data.stages[{i}]", st, {"partitions", "steps"})
-        for j, p in enumerate(_get(st, "partitions") or []):
-            errors += _unknown(f"data.stages[{i}].partitions[{j}]", p, PartitionConfig.__dataclass_fields__)
+    student = _get(model_args, "student")
+    errors += schema_errors(StudentConfig, {} if student is None else _plain(student), "model.student")
+    errors += schema_errors(list[TeacherEntry], _plain(_get(model_args, "teachers") or []), "model.teachers")
+    for key, cls in (("optimizer", OptimConfig), ("loss", LossConfig), ("adaptor", AdaptorConfig),
+                     ("normalization", NormalizationConfig), ("validation", ValidationConfig),
+                     ("stability", StabilityConfig)):
+        if _get(model_args, key) is not None:
+            errors += schema_errors(cls, _plain(_get(model_args, key)), f"model.{key}")
+    if _get(data_args, "stages"):
+        errors += schema_errors(list[StageConfig], _plain(_get(data_args, "stages")), "data.stages")
     return errors
 
 
@@ -203,58 +237,45 @@ def teacher_grid_errors(module: Any, datamodule: Any) -> list[str]:
     return errors
 
 
-def validate_recipe(cfg: Any) -> None:
-    """Validate a resolved fit config (jsonargparse Namespace or nested dicts with `model` and `data`)."""
+def check_recipe(cfg: Any) -> None:
+    """Check a resolved fit config (jsonargparse Namespace or nested dicts with `model` and `data`); a
+    ConfigError lists every problem, one per line."""
     import teachers as teacher_lib
     from radio.cache.checks import recipe_cache_errors
+    from radio.cache.config import main_grid
+    from radio.data.datamodule import DATA_RANGES
     from radio.data.schedule import resolution_errors, schedule_errors
     from radio.data.shards import resolve_shards
-    from radio.model.vit import StudentConfig
     from radio.normalize import NORMALIZERS
 
     model, data = _get(cfg, "model"), _get(cfg, "data")
     model_args = _get(model, "init_args", model)
     data_args = _get(data, "init_args", data)
-    from radio.data.datamodule import DATA_RANGES
-    from radio.losses import LossConfig
-    from radio.model.adaptors import AdaptorConfig
-    from radio.model.vit import student_errors
-    from radio.train.config import NormalizationConfig, OptimConfig, StabilityConfig, TeacherEntry, section_errors
 
-    errors: list[str] = unknown_key_errors(cfg)
-    errors += strategy_errors(_get(cfg, "trainer"))
-    errors += trainer_errors(_get(cfg, "trainer"))
+    errors: list[str] = schema_pass(cfg)
+    named = _named(errors)  # the checks below skip what the schema already named (e.g. a mistyped value)
+    more = strategy_errors(_get(cfg, "trainer"))
+    more += trainer_errors(_get(cfg, "trainer"))
 
     valid = teacher_lib.available()
     entries = _get(model_args, "teachers") or []
+    entries = entries if isinstance(entries, (list, tuple)) else []
     if not entries:
-        errors.append("model.teachers: at least one teacher is needed")
+        more.append("model.teachers: at least one teacher is needed")
     seen: list[str] = []
     for i, t in enumerate(entries):
         name = _get(t, "name")
         if name not in valid:
-            errors.append(f"model.teachers[{i}].name: unknown teacher {name!r}; valid: {', '.join(valid)}")
+            more.append(f"model.teachers[{i}].name: unknown teacher {name!r}; valid: {', '.join(valid)}")
         if name in seen:
-            errors.append(f"model.teachers[{i}].name: {name!r} appears more than once")
+            more.append(f"model.teachers[{i}].name: {name!r} appears more than once")
         seen.append(name)
         norm = _get(t, "normalizer", "none")
         if norm not in NORMALIZERS:
-            errors.append(f"model.teachers[{i}].normalizer: unknown normalizer {norm!r}; valid: "
-                          f"{', '.join(NORMALIZERS.names())}")
-        errors += section_errors(TeacherEntry, t, f"model.teachers[{i}]")
-    for key, cls in (("optimizer", OptimConfig), ("loss", LossConfig), ("adaptor", AdaptorConfig),
-                     ("normalization", NormalizationConfig), ("stability", StabilityConfig)):
-        errors += section_errors(cls, _get(model_args, key), f"model.{key}")
+            more.append(f"model.teachers[{i}].normalizer: unknown normalizer {norm!r}; valid: "
+                        f"{', '.join(NORMALIZERS.names())}")
 
     student = _get(model_args, "student")
-    student_ranges = student_errors(student if student is not None else {}, "model.student")
-    errors += student_ranges
-    if not student_ranges:
-        try:
-            fields = {k: _get(student, k) for k in StudentConfig.__dataclass_fields__ if _get(student, k) is not None}
-            StudentConfig(**fields).resolved()
-        except (ValueError, TypeError) as e:
-            errors.append(f"model.student: {e}")
     patch = _get(student, "patch_size", 16)
     max_res = _get(student, "max_resolution", 2048)
     if not (COUNT.accepts(patch) and COUNT.accepts(max_res)) or max_res < patch:  # named above; no grid
@@ -264,20 +285,21 @@ def validate_recipe(cfg: Any) -> None:
     res, bs = _get(data_args, "resolution"), _get(data_args, "batch_size")
     if stages:
         if res is not None or bs is not None:
-            errors.append("data.stages: give either data.resolution/data.batch_size (one partition) or data.stages, "
-                          "not both")
-        errors += schedule_errors(list(stages), patch, max_res, seen)
+            more.append("data.stages: give either data.resolution/data.batch_size (one partition) or "
+                        "data.stages, not both")
+        if isinstance(stages, (list, tuple)):
+            more += schedule_errors(list(stages), patch, max_res, seen)
     elif res is not None:
-        errors += resolution_errors("data.resolution", res, patch, max_res)
+        more += resolution_errors("data.resolution", res, patch, max_res)
     val_res = _get(data_args, "val_resolution")
     if val_res is not None:
-        errors += resolution_errors("data.val_resolution", val_res, 0, 0)
+        more += resolution_errors("data.val_resolution", val_res, 0, 0)
 
-    errors += fields_errors("data", data_args, DATA_RANGES)
+    more += fields_errors("data", data_args, DATA_RANGES)
 
-    validation = _get(model_args, "validation")
-    for j, r in enumerate(_get(validation, "resolutions") or []):
-        errors += resolution_errors(f"model.validation.resolutions[{j}]", r, patch, max_res)
+    resolutions = _get(_get(model_args, "validation"), "resolutions") or []
+    for j, r in enumerate(resolutions if isinstance(resolutions, (list, tuple)) else []):
+        more += resolution_errors(f"model.validation.resolutions[{j}]", r, patch, max_res)
 
     urls = None
     for key in ("shards", "val_shards"):
@@ -287,11 +309,18 @@ def validate_recipe(cfg: Any) -> None:
         try:
             found = resolve_shards(spec, f"data.{key}")
             urls = found if key == "shards" else urls
-            errors += shard_content_errors(found, f"data.{key}")
+            more += shard_content_errors(found, f"data.{key}")
         except FileNotFoundError as e:
-            errors.append(str(e))
+            more.append(str(e))
     if _get(data_args, "cache") is not None:
-        errors += recipe_cache_errors(entries, patch, data_args, urls)
+        try:
+            main_grid(data_args, patch)  # the student grid the cache is written for
+        except (TypeError, ValueError, IndexError, KeyError):
+            more.append("data.cache: not checked: the student grid it is written for needs a valid "
+                        "model.student.patch_size and training resolution")
+        else:
+            more += recipe_cache_errors(entries, patch, data_args, urls)
 
+    errors += _unless_named(more, named)
     if errors:
         raise ConfigError("invalid recipe:\n  " + "\n  ".join(errors))

@@ -7,7 +7,7 @@ import yaml
 import recipes
 import teachers
 from radio.cli.fit import run_fit
-from radio.train.validate import ConfigError, validate_recipe
+from radio.train.recipe_checks import ConfigError, check_recipe
 from tests.helpers import tiny_recipe, write_recipe
 
 
@@ -42,18 +42,19 @@ def test_partition_errors_fail_before_compute(synth_dir, tmp_path, monkeypatch):
 
 
 def test_mistyped_partition_fields_are_named_not_a_traceback(synth_dir, tmp_path):
-    """Plain-YAML checks (`radio cache`, validate_recipe) see values LightningCLI has not typed yet."""
+    """Plain-YAML checks (`radio cache`, check_recipe) see values LightningCLI has not typed yet."""
     r = _staged(synth_dir, tmp_path, [
         {"steps": 2.5, "partitions": [{"resolution": "64", "batch_size": 4, "teachers": "dino_v2"}]},
         {"partitions": [{"resolution": 64, "batch_size": "8"}]}])
     with pytest.raises(ConfigError) as e:
-        validate_recipe(r)
-    for p in ("data.stages[0].steps: every stage but the last needs an integer steps >= 1, got 2.5",
-              "data.stages[0].partitions[0].resolution: must be a positive number of pixels (an integer >= 1), "
-              "got '64'",
-              "data.stages[0].partitions[0].teachers: must be a list of teacher names, got 'dino_v2'",
-              "data.stages[1].partitions[0].batch_size: must be an integer >= 1, got '8'"):
+        check_recipe(r)
+    lines = str(e.value).splitlines()[1:]
+    for p in ("data.stages[0].steps: must be an integer or null, got 2.5",
+              "data.stages[0].partitions[0].resolution: must be an integer, got '64'",
+              "data.stages[0].partitions[0].teachers: must be a list of strings or null, got 'dino_v2'",
+              "data.stages[1].partitions[0].batch_size: must be an integer, got '8'"):
         assert p in str(e.value), (p, str(e.value))
+    assert len(lines) == 4, lines  # one error per mistyped field: the range checks skip what the types named
 
 
 def test_stage_without_steps_before_the_last_fails(synth_dir, tmp_path, monkeypatch):
@@ -90,10 +91,10 @@ def test_real_recipes_are_valid_multi_stage_phis_recipes(name, synth_dir):
     local = copy.deepcopy(r)
     local["data"].update(shards=str(synth_dir / "train"), val_shards=str(synth_dir / "val"))
     if "sam" in teachers.available():
-        validate_recipe(local)
+        check_recipe(local)
     else:  # the SAM adapter is not installed in this checkout: that must be the only complaint
         with pytest.raises(ConfigError) as e:
-            validate_recipe(local)
+            check_recipe(local)
         assert str(e.value).count("\n") == 1 and "model.teachers[3].name: unknown teacher 'sam'" in str(e.value)
 
 
@@ -126,7 +127,7 @@ def test_unknown_keys_in_a_plain_recipe_are_named(synth_dir, tmp_path):
     r["data"]["resolution"], r["data"]["stages"] = None, [{"partitions": [{"resolution": 32, "bs": 4}]}]
     del r["data"]["batch_size"]
     with pytest.raises(ConfigError) as e:
-        validate_recipe(r)
+        check_recipe(r)
     msg = str(e.value)
     for p in ("recipe: unknown key(s) ['trainr']", "model.teachers[1]: unknown key(s) ['colour']",
               "data: unknown key(s) ['shuffle_buffer']", "data.stages[0].partitions[0]: unknown key(s) ['bs']"):
@@ -161,7 +162,7 @@ def test_an_empty_shard_set_fails_before_compute(tmp_path, monkeypatch):
 def test_a_teacher_that_cannot_reach_a_grid_is_named(synth_dir):
     from radio.data.datamodule import ShardDataModule
     from radio.train.module import DistillModule
-    from radio.train.validate import teacher_grid_errors
+    from radio.train.recipe_checks import teacher_grid_errors
     from tests.helpers import TINY_CLIP, TINY_DINO, TINY_STUDENT
 
     module = DistillModule(TINY_STUDENT, [copy.deepcopy(TINY_CLIP), copy.deepcopy(TINY_DINO)],
@@ -172,3 +173,34 @@ def test_a_teacher_that_cannot_reach_a_grid_is_named(synth_dir):
     errors = teacher_grid_errors(module, dm)
     assert len(errors) == 2 and all(e.startswith("model.teachers[0] (clip): cannot produce targets") for e in errors)
     assert "4x4 student grid at 64 px" in errors[1] and "its feature grid at 12x12 px is 0x0" in errors[1]
+
+
+@pytest.mark.parametrize("student", [{"patch_size": 0}, {"patch_size": "16"}, {"max_resolution": 8}])
+def test_a_cache_with_a_bad_patch_size_is_one_more_error_not_a_crash(student, synth_dir, tmp_path):
+    """Without a valid patch size there is no student grid to check the cache against: that is reported."""
+    r = tiny_recipe(str(synth_dir / "train"), None, tmp_path)
+    r["model"]["student"].update(student)
+    r["data"]["cache"] = {"dir": str(tmp_path / "cache")}
+    with pytest.raises(ConfigError) as e:
+        check_recipe(r)
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 2 and lines[0].strip().startswith("model.student."), lines
+    assert lines[1].strip().startswith("data.cache: not checked: the student grid it is written for needs a "
+                                       "valid model.student.patch_size"), lines
+
+
+def test_every_dataclass_section_of_a_plain_recipe_goes_through_the_schema(synth_dir, tmp_path):
+    r = tiny_recipe(str(synth_dir / "train"), None, tmp_path)
+    r["model"]["optimizer"].update(betas=[0.9], warmup="3")
+    r["model"]["loss"] = {"feature": 3}
+    r["model"]["validation"] = {"resolutions": 64}
+    r["model"]["teachers"][0]["seed"] = True
+    with pytest.raises(ConfigError) as e:
+        check_recipe(r)
+    lines = [line.strip() for line in str(e.value).splitlines()[1:]]
+    assert lines == ["model.teachers[0].seed: must be an integer, got True",
+                     "model.optimizer: unknown key(s) ['warmup']; allowed: ['betas', 'lr', 'min_lr_ratio', "
+                     "'warmup_steps', 'weight_decay']",
+                     "model.optimizer.betas: must be a list of 2 numbers, got [0.9]",
+                     "model.loss.feature: must be a string, got 3",
+                     "model.validation.resolutions: must be a list of integers or null, got 64"]
