@@ -137,6 +137,18 @@ def coerce(cls: Type[T], value: Any, where: str) -> T:
     return value if isinstance(value, cls) else cls(**value)
 
 
+def coerce_teachers(teachers: Any, where: str) -> list[TeacherEntry]:
+    """A recipe's teachers (TeacherEntry instances or dicts, `coerce`d): at least one, names unique."""
+    entries = [coerce(TeacherEntry, t, f"{where}[{i}]") for i, t in enumerate(teachers)]
+    if not entries:
+        raise ValueError(f"{where}: at least one teacher is needed")
+    names = [e.name for e in entries]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: name(s) {dup} appear more than once")
+    return entries
+
+
 def to_plain(obj: Any) -> Any:
     """Dataclasses/tuples -> plain dicts/lists (safe to store in a weights_only checkpoint)."""
     if dataclasses.is_dataclass(obj):

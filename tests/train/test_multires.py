@@ -7,6 +7,7 @@ import torch
 
 from eval.report import read_metrics_csv
 from radio.cli.fit import run_fit
+from radio.data.batch import Partition, TrainBatch
 from radio.export import export_checkpoint, load, read_checkpoint
 from radio.train.module import DistillModule
 from tests.helpers import TINY_CLIP, TINY_DINO, TINY_STUDENT, tiny_recipe, write_recipe
@@ -100,11 +101,10 @@ def test_partition_weights_and_teacher_subsets_in_one_step(synth_dir):
     module = DistillModule(TINY_STUDENT, [TINY_CLIP, TINY_DINO]).eval()  # eval: deterministic CPE
     torch.manual_seed(0)
     a, b = torch.rand(4, 3, 32, 32), torch.rand(3, 3, 64, 64)
-    batch = {"partitions": [{"image": a, "teachers": None, "weight": 0.5, "resolution": 32},
-                            {"image": b, "teachers": ["dino_v2"], "weight": 2.0, "resolution": 64}], "stage": 0}
+    batch = TrainBatch([Partition(a, None, 0.5, 32), Partition(b, ["dino_v2"], 2.0, 64)], stage=0)
     total = module.training_step(batch, 0)
-    la, terms_a = module.partition_losses(a, module.partition_targets(batch["partitions"][0]))
-    lb, terms_b = module.partition_losses(b, module.partition_targets(batch["partitions"][1]))
+    la, terms_a = module.partition_losses(a, module.objective.targets(batch.partitions[0]))
+    lb, terms_b = module.partition_losses(b, module.objective.targets(batch.partitions[1]))
     assert set(terms_b) == {"dino_v2/feature", "dino_v2/summary"}
     assert set(terms_a) == {"clip/feature", "clip/summary", "dino_v2/feature", "dino_v2/summary"}
     assert torch.allclose(total, 0.5 * la + 2.0 * lb)
