@@ -46,8 +46,9 @@ def main() -> None:
     cfg = _bench.demo_recipe()
     parts = _bench.demo_stages()[-1]["partitions"]
     g = torch.Generator().manual_seed(0)
-    batch = TrainBatch([Partition(torch.rand(p["batch_size"], 3, p["resolution"], p["resolution"], generator=g),
-                                  p.get("teachers"), float(p.get("weight", 1.0))) for p in parts])
+    batch = TrainBatch([Partition(torch.rand(p["batch_size"], 3, p["resolution"], p["resolution"],
+                                             generator=g), p.get("teachers"), float(p.get("weight", 1.0)))
+                        for p in parts])
     images = batch.partitions[0].image
     bs, res = images.shape[0], images.shape[-1]
     grid = (res // cfg["model"]["student"]["patch_size"],) * 2

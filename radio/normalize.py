@@ -7,9 +7,9 @@ shapes fixed at construction, so they live in checkpoints and in exports.
 Statistics: `update(x)` merges the batch's count, mean and centred second moment (float64) into running ones
 (Chan et al.'s parallel merge); `fit()` all-reduces them across ranks (when torch.distributed is initialized)
 and fits the transform; `freeze()` fits a last time, keeps the global statistics and refuses further updates.
-Covariances are population covariances (divided by n). In training the running statistics stay rank-local until
-merged: kept out of DDP's buffer broadcasts (`keep_statistics_local`), merged over ranks into checkpoints
-(`store_global_statistics`) and, on a resume, carried on by rank 0 alone (`restart_statistics`).
+Covariances are population covariances (divided by n). In training the running statistics stay rank-local
+until merged: kept out of DDP's buffer broadcasts (`keep_statistics_local`), merged over ranks into
+checkpoints (`store_global_statistics`) and, on a resume, carried on by rank 0 alone (`restart_statistics`).
 
 Transforms, all affine y = (x - mu) W^T with an exact inverse x = y W_inv^T + mu:
     none         identity
@@ -306,30 +306,28 @@ def check_normalizer(kind: str, dim: int) -> None:
         hadamard(dim)  # raises HadamardError with the reason
 
 
-# -- statistics across ranks: DDP and checkpoints -------------------------------------------------------------
+# -- statistics across ranks: DDP and checkpoints ------------------------------------------------------------
 STATISTICS = ("count", "running_mean", "running_m2")  # an AffineNormalizer's running Moments, as buffers
 
 
 def keep_statistics_local(module: nn.Module, prefix: str, normalizers: nn.Module) -> None:
-    """Exclude the buffers of `normalizers` (named `{prefix}{buffer}` in `module`) from DistributedDataParallel's
-    broadcasts of rank 0's buffers, at wrap time and before every forward: their statistics are rank-local until
-    merged.
-
-    torch has no public way to exclude some buffers only (`forward_sync_buffers=False` stops the sync of every
-    buffer and leaves the one at wrap time); DDP reads the list set by its static
-    `_set_params_and_buffers_to_ignore_for_model`, the workaround its documentation gives. That private call is
-    made here and nowhere else.
-    """
+    """Keep DistributedDataParallel from overwriting the buffers of `normalizers` (named `{prefix}{buffer}`
+    in `module`) with rank 0's, at wrap time and before every forward: their statistics are rank-local until
+    merged. torch has no public way to exclude some buffers only (`forward_sync_buffers=False` stops the sync
+    of every buffer, and only at forward); DDP reads the list set by its private
+    `_set_params_and_buffers_to_ignore_for_model` (the workaround its documentation gives), called here and
+    nowhere else."""
     from torch.nn.parallel import DistributedDataParallel
 
     names = [f"{prefix}{n}" for n, _ in normalizers.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
 
 
-def store_global_statistics(normalizers: Mapping[str, Normalizer], state: dict[str, Tensor], prefix: str) -> None:
-    """Put the running statistics of the normalizers still estimating, merged over ranks, into the state dict
-    `state` (keys `{prefix}{name}.{buffer}`), e.g. a checkpoint's. A collective: every rank calls it. Frozen
-    normalizers already hold the global statistics."""
+def store_global_statistics(normalizers: Mapping[str, Normalizer], state: dict[str, Tensor],
+                            prefix: str) -> None:
+    """Put the running statistics of the normalizers still estimating (frozen ones hold the global ones),
+    merged over ranks, into the state dict `state` (keys `{prefix}{name}.{buffer}`). A collective: call on
+    every rank."""
     for name, norm in normalizers.items():
         if not isinstance(norm, AffineNormalizer) or bool(norm.frozen):
             continue
@@ -353,5 +351,5 @@ def restart_statistics(normalizers: Mapping[str, Normalizer], state: dict[str, T
 
 __all__ = ["NORMALIZERS", "Moments", "Normalizer", "IdentityNormalizer", "AffineNormalizer", "GlobalStdNormalizer",
            "ChannelStdNormalizer", "PCAWhitenNormalizer", "PHIS", "batch_moments", "merge_moments",
-           "all_reduce_moments", "build_normalizer", "check_normalizer", "STATISTICS", "keep_statistics_local",
-           "store_global_statistics", "restart_statistics"]
+           "all_reduce_moments", "build_normalizer", "check_normalizer", "STATISTICS",
+           "keep_statistics_local", "store_global_statistics", "restart_statistics"]

@@ -2,9 +2,9 @@
 
 A training step's batch (`TrainBatch`) holds one `Partition` per partition of the step's stage
 (radio.data.schedule), each a batch of images at one resolution with the teachers that supervise it, and the
-loader's bad-sample counts for the step; a validation batch is an `ImageBatch`. Both are dataclasses: Lightning
-moves them to the device field by field (`move_data_to_device` handles dataclasses) and the DataLoader pins them
-through their `pin_memory`.
+loader's bad-sample counts for the step; a validation batch is an `ImageBatch`. Both are dataclasses:
+Lightning moves them to the device field by field (`move_data_to_device` handles dataclasses) and the
+DataLoader pins them through their `pin_memory`.
 
 `StepStream` makes the training batches of one rank (see radio.data.datamodule for the order and the resume);
 `PartitionBatcher` is where a sample becomes training input: its seeded random crop (or, for the teachers read
@@ -46,7 +46,7 @@ class Partition:
     teachers: the names of the teachers that supervise it (None: every teacher).
     weight: its weight in the step's loss.
     resolution: r (0, the default: the image's width).
-    label: (B,) int64 class labels; key: the B sample keys (both empty in hand-made batches).
+    label: (B,) int64 class labels (None in hand-made batches); key: the B sample keys.
     cached: the targets of the teachers read from the feature cache (radio.cache), by teacher: CachedTargets
         with summary (B, C_s) or None, B feature crops (C, h_i, w_i), summary_valid (B,) bool; empty without.
     crop: with `cached`, the (B, 6) int64 aligned crop boxes (top, left, height, width in reference cells,
@@ -106,8 +106,8 @@ class ImageBatch:
 
 def collate(samples: list[dict[str, Any]]) -> ImageBatch:
     """Validation samples ({"image" (3, r, r), "label", "key"}) -> an ImageBatch."""
-    return ImageBatch(torch.stack([s["image"] for s in samples]),
-                      torch.tensor([s["label"] for s in samples], dtype=torch.long), [s["key"] for s in samples])
+    labels = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    return ImageBatch(torch.stack([s["image"] for s in samples]), labels, [s["key"] for s in samples])
 
 
 class DecodeTransform:
@@ -161,15 +161,16 @@ class PartitionBatcher:
             extra = self.cache.stack([s["item"] for s in items], names, r)  # type: ignore[union-attr]
         else:
             extra = {"image": torch.stack([s["image"] for s in items]) if items else torch.zeros(0, 3, r, r)}
-        return Partition(**extra, label=torch.tensor([s["label"] for s in items], dtype=torch.long),
-                         key=[s["key"] for s in items], resolution=r,
-                         teachers=list(cfg.teachers) if cfg.teachers is not None else None, weight=float(cfg.weight))
+        teachers = list(cfg.teachers) if cfg.teachers is not None else None
+        labels = torch.tensor([s["label"] for s in items], dtype=torch.long)
+        return Partition(**extra, label=labels, key=[s["key"] for s in items], resolution=r, teachers=teachers,
+                         weight=float(cfg.weight))
 
 
 class StepStream(IterableDataset):
-    """The training batches of one rank from `start_step` on (endless): worker w of W makes steps w, w + W, ...
-    (Lightning's in-order round robin keeps the global order); step s's batch is a pure function of (seed, s,
-    rank)."""
+    """The training batches of one rank from `start_step` on (endless): worker w of W makes steps w, w + W,
+    ... (Lightning's in-order round robin keeps the global order); step s's batch is a pure function of
+    (seed, s, rank)."""
 
     def __init__(self, index: ShardIndex, order: DataOrder, batcher: PartitionBatcher, start_step: int = 0,
                  features: Optional[FeatureIndex] = None, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
@@ -213,4 +214,5 @@ class StepStream(IterableDataset):
         return CachedSample.of(sample, self.features.records(i, cached))
 
 
-__all__ = ["Partition", "TrainBatch", "ImageBatch", "collate", "PartitionBatcher", "StepStream", "DecodeTransform"]
+__all__ = ["Partition", "TrainBatch", "ImageBatch", "collate", "PartitionBatcher", "StepStream",
+           "DecodeTransform"]

@@ -15,8 +15,8 @@ per-sample check) in the worker that reads the sample, and they reach the main p
 
 With `cache` (radio.cache) each sample's cached teacher records are read beside it (radio.cache.index)
 and every partition that a cached teacher supervises gets one patch-aligned crop + flip per sample (seeded like
-the plain crops), applied to the image and to the cached grids; its partition also carries `cached` (teacher ->
-CachedTargets) and `crop` (B, 6). A missing or malformed record skips its sample like a bad image.
+the plain crops), applied to the image and to the cached grids; its partition also carries `cached`
+(teacher -> CachedTargets) and `crop` (B, 6). A missing or malformed record skips its sample like a bad image.
 
 Training batches are radio.data.batch.TrainBatch (one Partition per partition of the step's stage, B_i images
 each: the partition's batch size less any bad samples), validation batches radio.data.batch.ImageBatch.
@@ -246,7 +246,8 @@ class ShardDataModule(L.LightningDataModule):
             wds.SimpleShardList(self._val_urls),
             wds.split_by_worker,
             wds.tarfile_to_samples(handler=self.errors),
-            wds.map(DecodeTransform(eval_transform(self.val_resolution), self.max_image_pixels), handler=self.errors),
+            wds.map(DecodeTransform(eval_transform(self.val_resolution), self.max_image_pixels),
+                    handler=self.errors),
         )
         return DataLoader(ds, batch_size=self.val_batch_size, num_workers=workers, collate_fn=collate,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)

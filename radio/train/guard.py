@@ -6,11 +6,14 @@ parameter update: the gradients are dropped before the optimizer step, so AdamW'
 as they were; the step still counts in `global_step`, as with AMP's skipped steps). After
 `max_nonfinite_steps` non-finite steps in a row the module saves a checkpoint and stops with
 `NonFiniteLossError`, naming the teacher and partition terms that went non-finite (a resume starts a new streak).
-The bad-data fraction is judged on the global counts, so every rank stops together (radio.data.health).
+The module logs `train/loss` (nan for a skipped step) and the global counts (`data/*`). The bad-data fraction
+is judged on the global counts against `data.max_bad_fraction`, so every rank stops together
+(radio.data.health): past it, the step completes, then the run saves a checkpoint and stops with BadDataError
+(`stop_if_needed`).
 
 A run that stops saves a checkpoint first (`save_before_stop`). At the end of a run, or when it stops,
-`health.json` beside the logs reports the samples read and found bad, the distinct bad items, the skipped steps
-and why the run stopped if it did (`health_report`, `write_health_json`).
+`health.json` beside the logs reports the samples read and found bad, the distinct bad items, the skipped
+steps and why the run stopped if it did (`health_report`, `write_health_json`).
 """
 from __future__ import annotations
 
@@ -154,9 +157,9 @@ def stop_if_needed(trainer: L.Trainer, guard: RunGuard, bad_data: Optional[BadDa
 
 
 def save_before_stop(trainer: L.Trainer, kind: str) -> Optional[str]:
-    """Save a checkpoint of the run so far before it stops (call on every rank): `last.ckpt` through the run's
-    RadioCheckpoint (its kept step checkpoints stay those of before), else `{kind}-step=N.ckpt` in the trainer's
-    root directory. Returns its path, or None (with a warning) when it could not be written."""
+    """Save a checkpoint of the run so far before it stops (call on every rank): `last.ckpt` through the
+    run's RadioCheckpoint (its kept step checkpoints stay those of before), else `{kind}-step=N.ckpt` in the
+    trainer's root directory. Returns its path, or None (with a warning) when it could not be written."""
     cb = radio_checkpoint(trainer)
     try:
         if cb is not None:
@@ -170,7 +173,8 @@ def save_before_stop(trainer: L.Trainer, kind: str) -> Optional[str]:
         return None
 
 
-def health_report(guard: RunGuard, health: DataHealth, steps: int, stopped: Optional[str] = None) -> dict[str, Any]:
+def health_report(guard: RunGuard, health: DataHealth, steps: int,
+                  stopped: Optional[str] = None) -> dict[str, Any]:
     """The run's health after `steps` steps: the guard's global counts, the distinct bad items of every rank
     (`health`, the first 1000 listed) and why the run stopped (None: it did not)."""
     g = guard

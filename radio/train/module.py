@@ -1,19 +1,14 @@
 """The distillation system as a LightningModule.
 
-Per training step, for every partition of the batch (radio.data.batch.TrainBatch: one Partition per resolution,
-radio.data.schedule) the objective (radio.train.objective) gets its teachers' targets, streams them into the
-normalizers still estimating, and weighs the student's loss against them; the partitions' weighted losses are
-summed into one optimizer step. Validation measures fidelity and cos-error per teacher at several resolutions
-(radio.train.validation).
-
-Long runs (radio.train.guard): every step's randomness (the student's position-embedding crops) is seeded from
-(seed, step, rank), so a resumed run repeats the interrupted one; a step whose loss is non-finite on any rank
-is skipped everywhere (its `train/loss` is logged as nan), and too many in a row save a checkpoint and stop the
-run; the data loader's bad-sample counts are summed over ranks, logged (`data/*`) and held against
-`data.max_bad_fraction` (past it, the run saves a checkpoint after the step and stops); `health.json` beside the
-logs reports them at the end, and why the run stopped if it did. Checkpoints carry the normalizers' statistics
-merged over ranks (radio.normalize), so a resume (on any number of ranks) continues their estimation exactly; a
-resume trains at the recipe's `model.optimizer.lr` (radio.train.optim.use_recipe_lr).
+Per training step (radio.data.batch.TrainBatch: one Partition per partition of the step's stage), the
+objective (radio.train.objective) gets every partition's targets, streams them into the normalizers still
+estimating and weighs the student's loss against them; the partitions' weighted losses make one optimizer
+step. Each step's randomness (the student's position-embedding crops) is seeded from (seed, step, rank), so a
+resumed run repeats the interrupted one. The guard (radio.train.guard) skips non-finite steps, counts bad data
+and stops a run that goes wrong, with a checkpoint and `health.json`; validation (radio.train.validation)
+measures fidelity per teacher and resolution. Checkpoints carry the normalizers' statistics merged over ranks
+(radio.normalize), so a resume on any number of ranks continues their estimation exactly; a resume trains at
+the recipe's `model.optimizer.lr` (radio.train.optim.use_recipe_lr).
 
 References: AM-RADIO (Ranzinger et al., CVPR 2024); PHI-S (Ranzinger et al., 2024); RADIOv2.5 (Heinrich et al.,
 2024).
@@ -76,9 +71,9 @@ class DistillModule(L.LightningModule):
         self.val_cfg = coerce(ValidationConfig, validation, "model.validation")
         self.stability_cfg = coerce(StabilityConfig, stability, "model.stability")
         adaptor = coerce(AdaptorConfig, adaptor, "model.adaptor")
-        sections = {"student": student, "teachers": entries, "loss": self.loss_cfg, "optimizer": self.optim_cfg,
-                    "adaptor": adaptor, "normalization": self.norm_cfg, "validation": self.val_cfg,
-                    "stability": self.stability_cfg}
+        sections = {"student": student, "teachers": entries, "loss": self.loss_cfg,
+                    "optimizer": self.optim_cfg, "adaptor": adaptor, "normalization": self.norm_cfg,
+                    "validation": self.val_cfg, "stability": self.stability_cfg}
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({k: to_plain(v) for k, v in sections.items()})
         # Teachers are deliberately not submodules: never in the optimizer, the state dict or checkpoints.
@@ -87,7 +82,8 @@ class DistillModule(L.LightningModule):
                  for e, t in zip(entries, self._teachers.values())]
         self.model = RADIOModel(ModelConfig(student=student, teachers=heads, adaptor=adaptor))
         keep_statistics_local(self, NORMALIZERS, self.model.normalizers)
-        self.objective = Objective(self.model, self._teachers, entries, self.loss_cfg, self.norm_cfg.estimate_steps)
+        self.objective = Objective(self._teachers, entries, self.loss_cfg, self.norm_cfg.estimate_steps,
+                                   self.patch_size)
         self.validation = FidelityValidation(self.val_cfg)
         self.guard = RunGuard(self.stability_cfg.max_nonfinite_steps)
         self._skip_update = False
@@ -132,7 +128,7 @@ class DistillModule(L.LightningModule):
     # -- training --------------------------------------------------------------------------------------------
     def partition_losses(self, images: Tensor, targets: dict[str, Targets]) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted loss of one partition and its per-teacher terms ("{teacher}/feature", "{teacher}/summary")."""
-        total, terms, _ = self.objective.loss(self.model.forward_tokens(images), targets)
+        total, terms, _ = self.objective.loss(self.model, self.model.forward_tokens(images), targets)
         return total, terms
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
@@ -140,8 +136,9 @@ class DistillModule(L.LightningModule):
         parts = [p for p in batch.partitions if p.size > 0]  # every sample of a partition may be bad
         targets = [self.objective.targets(p) for p in parts]
         supervised = {n for p in batch.partitions for n in (p.teachers or self.objective.entry)}
-        self.objective.observe(targets, self.global_step, supervised)
-        total = self._touch_parameters() if len(parts) < len(batch.partitions) else None  # DDP: all params used
+        self.objective.observe(self.model.normalizers, targets, self.global_step, supervised)
+        # DDP: every parameter must be used, also by a step with an empty partition
+        total = self._touch_parameters() if len(parts) < len(batch.partitions) else None
         per_term: dict[str, list[Tensor]] = {}
         named: dict[str, Tensor] = {}
         for p, tg in zip(parts, targets):

@@ -1,19 +1,20 @@
 """The distillation objective: per partition, the teachers' targets and the student's weighted loss.
 
-For a partition (radio.data.batch.Partition), each teacher that supervises it gives targets (run online, directly
-or through a mosaic, or read from the feature cache: radio.train.targets); during the first
+For a partition (radio.data.batch.Partition), each teacher that supervises it gives targets (run online,
+directly or through a mosaic, or read from the feature cache: radio.train.targets); during the first
 `normalization.estimate_steps` steps their raw features also stream into the normalizers still estimating
-(refitted at power-of-two steps, then frozen). The loss of the student's tokens against the targets: per teacher,
-its adaptor's feature grid against the normalized target grid after grid matching (`feature_loss`) and its
-summary against the target summary (1 - cos, over the samples whose summary target holds), weighted by the
-teacher's `feature_weight` and `summary_weight`. Training and validation compute it with `Objective.loss`.
+(refitted at power-of-two steps, then frozen). The loss of the student's tokens against the targets: per
+teacher, its adaptor's feature grid against the normalized target grid after grid matching (`feature_loss`)
+and its summary against the target summary (1 - cos, over the samples whose summary target holds), weighted
+by the teacher's `feature_weight` and `summary_weight`. Training and validation compute it with
+`Objective.loss`.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from radio.data.batch import Partition
 from radio.data.schedule import Schedule
@@ -42,24 +43,22 @@ class PartitionLoss(NamedTuple):
 
 
 class Objective:
-    """Targets and losses of one student and its teachers.
+    """Targets and losses of a student (RADIOModel: its adaptors and normalizers, passed to each call) and its
+    teachers.
 
     Args:
-        model: the student with its adaptors and normalizers.
         teachers: the frozen teachers by name.
         entries: the recipe's teachers (loss weights, mosaic use), in recipe order.
         loss: the loss choices.
         estimate_steps: the steps over which the normalizers estimate their statistics.
+        patch_size: the student's patch size (pixels per grid cell).
     """
 
-    def __init__(self, model: RADIOModel, teachers: dict[str, Teacher], entries: list[TeacherEntry],
-                 loss: LossConfig, estimate_steps: int) -> None:
-        self.model, self.teachers, self.loss_cfg, self.estimate_steps = model, teachers, loss, estimate_steps
+    def __init__(self, teachers: dict[str, Teacher], entries: list[TeacherEntry], loss: LossConfig,
+                 estimate_steps: int, patch_size: int) -> None:
+        self.teachers, self.loss_cfg = teachers, loss
+        self.estimate_steps, self.patch_size = estimate_steps, patch_size
         self.entry = {e.name: e for e in entries}
-
-    @property
-    def patch_size(self) -> int:
-        return self.model.resolution_step
 
     def check_schedule(self, schedule: Schedule) -> None:
         """Fail if a summary teacher would only ever see mosaics (its summary head would never train)."""
@@ -86,13 +85,15 @@ class Objective:
                 for n in names}
 
     @torch.no_grad()
-    def observe(self, targets: list[dict[str, Targets]], step: int, supervised: Optional[set[str]] = None) -> None:
-        """Stream this step's raw teacher features into the normalizers still estimating; fit or freeze them.
+    def observe(self, normalizers: nn.ModuleDict, targets: list[dict[str, Targets]], step: int,
+                supervised: Optional[set[str]] = None) -> None:
+        """Stream this step's raw teacher features into the `normalizers` still estimating; fit or freeze
+        them.
 
-        `supervised`: the teachers of this step's partitions on every rank (fitting all-reduces, so a rank whose
-        partitions came out empty still takes part); None means those with targets here.
+        `supervised`: the teachers of this step's partitions on every rank (fitting all-reduces, so a rank
+        whose partitions came out empty still takes part); None means those with targets here.
         """
-        for name, norm in self.model.normalizers.items():
+        for name, norm in normalizers.items():
             if not norm.needs_statistics:
                 continue
             feats = [t[name].features for t in targets if name in t]
@@ -105,19 +106,21 @@ class Objective:
             elif is_refit_step(step) or not norm.ready:
                 norm.fit()
 
-    def normalized(self, name: str, features: Tensor) -> Tensor:
-        """(B, C, h, w) raw teacher features -> normalized, same layout."""
-        return self.model.normalizers[name](features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    @staticmethod
+    def normalized(model: RADIOModel, name: str, features: Tensor) -> Tensor:
+        """(B, C, h, w) raw features of teacher `name` -> normalized by `model`'s normalizer, same layout."""
+        return model.normalizers[name](features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    def loss(self, tokens: StudentTokens, targets: dict[str, Targets]) -> PartitionLoss:
-        """The weighted loss of the student's tokens of one partition against its teachers' targets."""
+    def loss(self, model: RADIOModel, tokens: StudentTokens, targets: dict[str, Targets]) -> PartitionLoss:
+        """The weighted loss of the `model`'s tokens of one partition against its teachers' targets."""
         total = torch.zeros((), device=tokens.patches.device)
         terms: dict[str, Tensor] = {}
         preds: dict[str, AdaptorOutput] = {}
         for name, tg in targets.items():
             e = self.entry[name]
-            pred = preds[name] = self.model.adapt(name, tokens, normalized=True)
-            pfeat, tfeat = match_grids(tokens_to_grid(pred.features, tokens.grid), self.normalized(name, tg.features))
+            pred = preds[name] = model.adapt(name, tokens, normalized=True)
+            pfeat, tfeat = match_grids(tokens_to_grid(pred.features, tokens.grid),
+                                       self.normalized(model, name, tg.features))
             f_loss = feature_loss(pfeat, tfeat, self.loss_cfg)
             terms[f"{name}/feature"] = f_loss
             total = total + e.feature_weight * f_loss

@@ -54,9 +54,9 @@ def total_steps(trainer: Optional[L.Trainer]) -> int:
 
 
 def use_recipe_lr(checkpoint: dict[str, Any], lr: float) -> None:
-    """Resume at the recipe's `lr`: where the checkpoint's optimizer and schedule were built for another base lr
-    (e.g. one lowered after a non-finite stop), their restored lrs are rescaled to it (the schedule's shape and
-    position are kept)."""
+    """Resume at the recipe's `lr`: where the checkpoint's optimizer and schedule were built for another base
+    lr (e.g. one lowered after a non-finite stop), their restored lrs are rescaled to it (the schedule's shape
+    and position are kept)."""
     new = float(lr)
     old: set[float] = set()
     for state in checkpoint.get("optimizer_states") or []:

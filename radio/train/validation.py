@@ -72,7 +72,7 @@ class FidelityValidation:
             tokens = model.forward_tokens(x)
             targets = module.objective.targets(Partition(x), mosaic=False)
             if r == primary:
-                total, terms, preds = module.objective.loss(tokens, targets)
+                total, terms, preds = module.objective.loss(model, tokens, targets)
                 module.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=x.shape[0])
                 module.log("val/loss", total, prog_bar=True, batch_size=x.shape[0])
             else:
@@ -83,11 +83,12 @@ class FidelityValidation:
                 key = (name, r)
                 if key not in self.metrics:
                     self.metrics[key] = FidelityMetric(tg.features.shape[1]).to(module.device)
-                self.metrics[key].update(tokens_to_grid(praw, tokens.grid), resize_grid(tg.features, tokens.grid),
-                                         pred.summary, tg.summary)
+                self.metrics[key].update(tokens_to_grid(praw, tokens.grid),
+                                         resize_grid(tg.features, tokens.grid), pred.summary, tg.summary)
 
     def end(self, module: DistillModule, log_dir: Optional[str]) -> None:
-        """Log the epoch's metrics, add them to the history and write it into `log_dir` (None: not written)."""
+        """Log the epoch's metrics, add them to the history and write it into `log_dir` (None: not
+        written)."""
         if self.skip or not self.metrics:
             return
         primary = module.primary_resolution(max(self.resolutions))

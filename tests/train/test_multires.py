@@ -110,6 +110,28 @@ def test_partition_weights_and_teacher_subsets_in_one_step(synth_dir):
     assert torch.allclose(total, 0.5 * la + 2.0 * lb)
 
 
+def test_validation_loss_is_the_training_loss_of_the_images_at_the_primary_resolution(monkeypatch):
+    """Validation measures fidelity at every resolution and, at the primary one (the images' side without
+    a datamodule), logs the loss of the training path (`partition_losses`) on the same images, no mosaic."""
+    module = DistillModule(TINY_STUDENT, [dict(TINY_CLIP, mosaic=True), TINY_DINO],
+                           validation={"resolutions": [64]}).eval()
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.__setitem__(name, value))
+    monkeypatch.setattr(module, "log_dict", lambda values, **_: logged.update(values))
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # clip: a 2 x 2 mosaic fits
+    with torch.no_grad():
+        module.validation.start(module)
+        module.validation.step(module, images)
+        direct = module.objective.targets(Partition(images), mosaic=False)
+        loss, terms = module.partition_losses(images, direct)
+        _, mosaic_terms = module.partition_losses(images, module.objective.targets(Partition(images)))
+    assert logged == {"val/loss": loss, **{f"val/{k}": v for k, v in terms.items()}}
+    assert set(terms) == {"clip/feature", "clip/summary", "dino_v2/feature", "dino_v2/summary"}
+    assert torch.equal(logged["val/loss"], loss)
+    assert "clip/summary" not in mosaic_terms  # training runs clip through the mosaic here
+    assert sorted(module.validation.metrics) == [("clip", 32), ("clip", 64), ("dino_v2", 32), ("dino_v2", 64)]
+
+
 def test_summary_teacher_that_only_ever_sees_mosaics_is_rejected():
     from radio.data.schedule import Schedule
 
