@@ -137,6 +137,17 @@ def coerce(cls: Type[T], value: Any, where: str) -> T:
     return value if isinstance(value, cls) else cls(**value)
 
 
+def to_plain(obj: Any) -> Any:
+    """Dataclasses/tuples -> plain dicts/lists (safe to store in a weights_only checkpoint)."""
+    if dataclasses.is_dataclass(obj):
+        return {k: to_plain(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
 def coerce_teachers(teachers: Any, where: str) -> list[TeacherEntry]:
     """A recipe's teachers (TeacherEntry instances or dicts, `coerce`d): at least one, names unique."""
     entries = [coerce(TeacherEntry, t, f"{where}[{i}]") for i, t in enumerate(teachers)]
@@ -147,14 +158,3 @@ def coerce_teachers(teachers: Any, where: str) -> list[TeacherEntry]:
     if dup:
         raise ValueError(f"{where}: name(s) {dup} appear more than once")
     return entries
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses/tuples -> plain dicts/lists (safe to store in a weights_only checkpoint)."""
-    if dataclasses.is_dataclass(obj):
-        return {k: to_plain(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    return obj
