@@ -101,18 +101,18 @@ def jpeg_shards(name: str, count: int, size: int, quality: int = 90, shard_size:
     return out
 
 
-def train_step(module, opt: torch.optim.Optimizer, batch: dict, step: int = 10**9) -> torch.Tensor:
-    """One optimizer step of `module` (radio.train.module.DistillModule) on a training batch, as its
-    `training_step` does it but without Lightning: every partition's targets (streamed into the normalizers that
-    still estimate, as at global step `step`; the default freezes them at once), weighted losses, backward,
-    optimizer step. Returns the loss (detached)."""
-    parts = module._partitions(batch)
-    targets = [module.partition_targets(p) for p in parts]
-    module.observe_targets(targets, step)
+def train_step(module, opt: torch.optim.Optimizer, batch, step: int = 10**9) -> torch.Tensor:
+    """One optimizer step of `module` (radio.train.module.DistillModule) on a training batch
+    (radio.data.batch.TrainBatch), as its `training_step` does it but without Lightning: every partition's
+    targets (streamed into the normalizers that still estimate, as at global step `step`; the default freezes
+    them at once), weighted losses, backward, optimizer step. Returns the loss (detached)."""
+    parts = batch.partitions
+    targets = [module.objective.targets(p) for p in parts]
+    module.objective.observe(module.model.normalizers, targets, step)
     total = None
     for part, tg in zip(parts, targets):
-        loss, _ = module.partition_losses(part["image"], tg)
-        total = part["weight"] * loss if total is None else total + part["weight"] * loss
+        loss, _ = module.partition_losses(part.image, tg)
+        total = part.weight * loss if total is None else total + part.weight * loss
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()

@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python benchmarks/data_loading.py [--rounds 4] [--threads 2] [--skip-vitb]
 
-Side A is one loader worker's work: the datamodule's own training pipeline (radio.data.datamodule.StepStream: the
+Side A is one loader worker's work: the datamodule's own training pipeline (radio.data.batch.StepStream: the
 seeded epoch order, random access by index into the local shards, decode, one seeded random resized crop + flip per
 partition and sample, batching), run in this process with `num_workers=0` and one torch thread, as a DataLoader
 worker runs (the shard index is built before the timing, as `setup` does once per run). Side B is the training step
@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench
 
+from radio.data.batch import TrainBatch
 from radio.data.datamodule import ShardDataModule
 from radio.train.module import DistillModule
 
@@ -48,8 +49,8 @@ def loader(shards: Path, stages: list[dict]):
     return iter(dm.train_dataloader())
 
 
-def samples(batch: dict[str, Any]) -> int:
-    return sum(p["image"].shape[0] for p in batch["partitions"])
+def samples(batch: TrainBatch) -> int:
+    return sum(p.size for p in batch.partitions)
 
 
 def compare(module: DistillModule | None, batches, rounds: int, threads: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from radio.data.datamodule import PartitionBatcher, StepStream
+from radio.data.batch import PartitionBatcher, StepStream
 from radio.data.index import ShardIndex
 from radio.data.order import DataOrder
 from radio.data.schedule import Schedule

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench
 
+from radio.data.batch import Partition, TrainBatch
 from radio.train.module import DistillModule
 
 
@@ -45,9 +46,10 @@ def main() -> None:
     cfg = _bench.demo_recipe()
     parts = _bench.demo_stages()[-1]["partitions"]
     g = torch.Generator().manual_seed(0)
-    batch = {"partitions": [{"image": torch.rand(p["batch_size"], 3, p["resolution"], p["resolution"], generator=g),
-                             "teachers": p.get("teachers"), "weight": float(p.get("weight", 1.0))} for p in parts]}
-    images = batch["partitions"][0]["image"]
+    batch = TrainBatch([Partition(torch.rand(p["batch_size"], 3, p["resolution"], p["resolution"],
+                                             generator=g), p.get("teachers"), float(p.get("weight", 1.0)))
+                        for p in parts])
+    images = batch.partitions[0].image
     bs, res = images.shape[0], images.shape[-1]
     grid = (res // cfg["model"]["student"]["patch_size"],) * 2
 

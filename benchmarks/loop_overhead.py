@@ -38,6 +38,7 @@ import _bench
 
 import recipes
 from radio.cli.fit import RadioCLI
+from radio.data.batch import Partition
 from radio.data.datamodule import ShardDataModule
 from radio.losses import match_grids, tokens_to_grid
 from radio.train.module import DistillModule
@@ -101,10 +102,10 @@ class BareLoop:
         opt = build_optimizer(self.model, module.optim_cfg, total_steps)
         self.opt, self.sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
 
-    def loss(self, part: dict[str, Any]) -> torch.Tensor:
-        x = part["image"]
+    def loss(self, part: Partition) -> torch.Tensor:
+        x = part.image
         grid = (x.shape[-2] // self.patch, x.shape[-1] // self.patch)
-        names = part["teachers"] or list(self.entries)
+        names = part.teachers or list(self.entries)
         with torch.no_grad():
             targets = {n: teacher_targets(self.teachers[n], x, grid, mosaic=self.entries[n].mosaic) for n in names}
         tokens = self.model.forward_tokens(x)
@@ -122,7 +123,7 @@ class BareLoop:
 
     def step(self) -> None:
         batch = next(self.batches)
-        total = sum(p["weight"] * self.loss(p) for p in batch["partitions"])
+        total = sum(p.weight * self.loss(p) for p in batch.partitions)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()

@@ -51,6 +51,7 @@ def build_case(case: str, vitb_batch: int):
     """(module, batch, label) for a case name: demo0, demo1 or vitb."""
     from data_loading import VITB_STUDENT, VITB_TEACHERS
 
+    from radio.data.batch import Partition, TrainBatch
     from radio.train.module import DistillModule
 
     g = torch.Generator().manual_seed(0)
@@ -64,8 +65,8 @@ def build_case(case: str, vitb_batch: int):
         label = f"ViT-B/16 student + CLIP ViT-B-16 + DINOv2 ViT-B/14, {vitb_batch} x 224 px"
     else:
         raise ValueError(f"unknown case {case!r}; valid: demo0, demo1, vitb")
-    batch = {"partitions": [{"image": torch.rand(p["batch_size"], 3, p["resolution"], p["resolution"], generator=g),
-                             "teachers": None, "weight": 1.0} for p in parts]}
+    batch = TrainBatch([Partition(torch.rand(p["batch_size"], 3, p["resolution"], p["resolution"],
+                                             generator=g)) for p in parts])
     return module, batch, label
 
 

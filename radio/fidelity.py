@@ -4,7 +4,7 @@ fidelity = Var(teacher) / MSE(student adaptor, teacher), in the teacher's own sp
 the per-channel variance over every image and position, averaged over channels, so 1 means "no better than
 the per-channel mean" and higher is better. cos-error = 1 - mean cosine similarity over patch tokens (and over
 images for the summary). `FidelityMetric` streams the sums (float64) over batches and, in training, sums them
-across ranks; the training validation (radio.train.module) and `radio eval fidelity` (eval.fidelity) both
+across ranks; the training validation (radio.train.validation) and `radio eval fidelity` (eval.fidelity) both
 use it, and both draw `plot_fidelity`.
 
 References: RADIOv2.5 (Heinrich et al., 2024), mode switching; DESIGN.md section 4.

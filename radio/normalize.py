@@ -7,7 +7,9 @@ shapes fixed at construction, so they live in checkpoints and in exports.
 Statistics: `update(x)` merges the batch's count, mean and centred second moment (float64) into running ones
 (Chan et al.'s parallel merge); `fit()` all-reduces them across ranks (when torch.distributed is initialized)
 and fits the transform; `freeze()` fits a last time, keeps the global statistics and refuses further updates.
-Covariances are population covariances (divided by n).
+Covariances are population covariances (divided by n). In training the running statistics stay rank-local
+until merged: kept out of DDP's buffer broadcasts (`keep_statistics_local`), merged over ranks into
+checkpoints (`store_global_statistics`) and, on a resume, carried on by rank 0 alone (`restart_statistics`).
 
 Transforms, all affine y = (x - mu) W^T with an exact inverse x = y W_inv^T + mu:
     none         identity
@@ -21,7 +23,7 @@ pairwise algorithm for computing sample variances" (1979).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -304,6 +306,50 @@ def check_normalizer(kind: str, dim: int) -> None:
         hadamard(dim)  # raises HadamardError with the reason
 
 
+# -- statistics across ranks: DDP and checkpoints ------------------------------------------------------------
+STATISTICS = ("count", "running_mean", "running_m2")  # an AffineNormalizer's running Moments, as buffers
+
+
+def keep_statistics_local(module: nn.Module, prefix: str, normalizers: nn.Module) -> None:
+    """Keep DistributedDataParallel from overwriting the buffers of `normalizers` (named `{prefix}{buffer}`
+    in `module`) with rank 0's, at wrap time and before every forward: their statistics are rank-local until
+    merged. torch has no public way to exclude some buffers only (`forward_sync_buffers=False` stops the sync
+    of every buffer, and only at forward); DDP reads the list set by its private
+    `_set_params_and_buffers_to_ignore_for_model` (the workaround its documentation gives), called here and
+    nowhere else."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = [f"{prefix}{n}" for n, _ in normalizers.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+
+
+def store_global_statistics(normalizers: Mapping[str, Normalizer], state: dict[str, Tensor],
+                            prefix: str) -> None:
+    """Put the running statistics of the normalizers still estimating (frozen ones hold the global ones),
+    merged over ranks, into the state dict `state` (keys `{prefix}{name}.{buffer}`). A collective: call on
+    every rank."""
+    for name, norm in normalizers.items():
+        if not isinstance(norm, AffineNormalizer) or bool(norm.frozen):
+            continue
+        m = all_reduce_moments(norm.moments())
+        for key, value in zip(STATISTICS, m):
+            if f"{prefix}{name}.{key}" in state:
+                state[f"{prefix}{name}.{key}"] = value.detach().clone().cpu()
+
+
+def restart_statistics(normalizers: Mapping[str, Normalizer], state: dict[str, Tensor], prefix: str) -> None:
+    """On a rank other than 0, before loading `state` (a checkpoint's state dict, which holds the global
+    statistics): zero the running statistics of the normalizers still estimating, so that rank 0 alone carries
+    them on and the next all-reduce counts every sample once."""
+    for name, norm in normalizers.items():
+        frozen = state.get(f"{prefix}{name}.frozen")
+        if not isinstance(norm, AffineNormalizer) or frozen is None or bool(frozen):
+            continue
+        for key in STATISTICS:
+            state[f"{prefix}{name}.{key}"] = torch.zeros_like(state[f"{prefix}{name}.{key}"])
+
+
 __all__ = ["NORMALIZERS", "Moments", "Normalizer", "IdentityNormalizer", "AffineNormalizer", "GlobalStdNormalizer",
            "ChannelStdNormalizer", "PCAWhitenNormalizer", "PHIS", "batch_moments", "merge_moments",
-           "all_reduce_moments", "build_normalizer", "check_normalizer"]
+           "all_reduce_moments", "build_normalizer", "check_normalizer", "STATISTICS",
+           "keep_statistics_local", "store_global_statistics", "restart_statistics"]

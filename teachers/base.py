@@ -97,6 +97,11 @@ class Teacher(nn.Module):
     def has_summary(self) -> bool:
         return self.summary_dim > 0
 
+    @property
+    def device(self) -> torch.device:
+        """Where the teacher runs (its preprocessing buffers' device; `freeze` registers them)."""
+        return self._mean.device
+
     def freeze(self) -> "Teacher":
         """No gradients, eval mode for good; registers the preprocessing buffers."""
         self.requires_grad_(False)

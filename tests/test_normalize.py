@@ -5,7 +5,7 @@ import torch
 
 from radio.hadamard import HadamardError, hadamard, normalized_hadamard
 from radio.normalize import NORMALIZERS, PHIS, all_reduce_moments, batch_moments, build_normalizer, \
-    check_normalizer, merge_moments
+    check_normalizer, merge_moments, restart_statistics, store_global_statistics
 from radio.registry import RegistryError
 
 
@@ -205,3 +205,24 @@ def test_normalizer_runs_in_float32_even_under_autocast():
         y, back = n(x), n.inverse(x)
     assert y.dtype == back.dtype == torch.float32
     assert torch.equal(y, n(x)) and torch.equal(back, n.inverse(x))
+
+
+def test_checkpoint_statistics_of_the_normalizers_still_estimating():
+    """store_global_statistics puts the running (here: single-process) statistics of the estimating
+    normalizers into a state dict; restart_statistics zeroes them for a resuming rank other than 0; frozen
+    ones keep theirs."""
+    norms = {"a": build_normalizer("channel_std", 4), "b": build_normalizer("channel_std", 4),
+             "c": build_normalizer("none", 4)}
+    for n in ("a", "b"):
+        norms[n].update(correlated(10, 4))
+    norms["b"].freeze()
+    state = {f"p.{n}.{k}": v.clone() for n, m in norms.items() for k, v in m.state_dict().items()}
+    norms["a"].update(correlated(6, 4, seed=1))  # seen since the state dict was taken
+    store_global_statistics(norms, state, "p.")
+    assert float(state["p.a.count"]) == 16 and torch.equal(state["p.a.running_m2"], norms["a"].running_m2)
+    restart_statistics(norms, state, "p.")
+    assert float(state["p.a.count"]) == 0
+    assert not state["p.a.running_mean"].any() and not state["p.a.running_m2"].any()
+    assert float(state["p.b.count"]) == 10 and torch.equal(state["p.b.running_m2"], norms["b"].running_m2)
+    assert state["p.b.running_m2"].any() and set(state) == {f"p.{n}.{k}" for n, m in norms.items()
+                                                            for k in m.state_dict()}

@@ -11,36 +11,36 @@ shards once in order at `val_resolution`.
 Bad data is skipped and reported, never fatal by itself (radio.data.health): shard faults are found when the
 index is built; sample faults (undecodable image, image over `max_image_pixels` (never decoded), failed
 per-sample check) in the worker that reads the sample, and they reach the main process inside the batch
-(`batch["data"]`); the module enforces `max_bad_fraction`.
+(`TrainBatch.faults`); the module enforces `max_bad_fraction`.
 
 With `cache` (radio.cache) each sample's cached teacher records are read beside it (radio.cache.index)
 and every partition that a cached teacher supervises gets one patch-aligned crop + flip per sample (seeded like
-the plain crops), applied to the image and to the cached grids; its batch also carries "cached" (teacher ->
-CachedTargets) and "crop" (B, 6). A missing or malformed record skips its sample like a bad image.
+the plain crops), applied to the image and to the cached grids; its partition also carries `cached`
+(teacher -> CachedTargets) and `crop` (B, 6). A missing or malformed record skips its sample like a bad image.
 
-A training batch is {"partitions": [{"image" (B_i, 3, r_i, r_i), "label" (B_i,), "key", "resolution",
-"teachers", "weight"}, ...], "stage": int, "step": int, "data": {"reads": int, "faults": [fault dicts]}};
-B_i is the partition's batch size less any bad samples. A validation batch is {"image", "label", "key"}.
+Training batches are radio.data.batch.TrainBatch (one Partition per partition of the step's stage, B_i images
+each: the partition's batch size less any bad samples), validation batches radio.data.batch.ImageBatch.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from radio.cache.config import CacheConfig, coerce_config
 from radio.cache.index import FeatureIndex
-from radio.cache.reader import CachedSample, FeatureError, read_layout
+from radio.cache.reader import read_layout
 from radio.cache.views import CachedViews
-from radio.data.health import BadDataError, DataHealth, Fault, fault_from
+from radio.data.batch import DecodeTransform, PartitionBatcher, StepStream, TrainBatch, collate
+from radio.data.health import BadDataError, DataHealth, gather_health
 from radio.data.index import ShardIndex
-from radio.data.order import DataOrder, sample_seed
-from radio.data.schedule import PartitionConfig, Schedule, StageConfig
-from radio.data.shards import MAX_IMAGE_PIXELS, ErrorCounter, Sample, SampleError, decode_sample, resolve_shards
-from radio.data.transforms import eval_transform, train_transform
+from radio.data.order import DataOrder
+from radio.data.schedule import Schedule, StageConfig
+from radio.data.shards import MAX_IMAGE_PIXELS, ErrorCounter, resolve_shards
+from radio.data.transforms import eval_transform
 from radio.ranges import COUNT, NON_NEGATIVE_INT, OPTIONAL_COUNT, PROBABILITY, Range, fields_errors
 
 log = logging.getLogger(__name__)
@@ -52,120 +52,6 @@ DATA_RANGES: dict[str, Range] = {
     "min_crop_scale": Range(lo=0, hi=1, lo_open=True), "seed": NON_NEGATIVE_INT, "max_bad_fraction": PROBABILITY,
     "min_reads_for_bad_fraction": NON_NEGATIVE_INT, "max_image_pixels": COUNT,
 }
-
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "image": torch.stack([s["image"] for s in samples]),
-        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-        "key": [s["key"] for s in samples],
-    }
-
-
-class _Transform:
-    """Picklable decode + transform step for worker processes."""
-
-    def __init__(self, transform, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-        self.transform = transform
-        self.max_pixels = max_pixels
-
-    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        s = decode_sample(raw, max_pixels=self.max_pixels)
-        return {"image": self.transform(s.image), "label": s.label, "key": s.key}
-
-
-class PartitionBatcher:
-    """Per-sample transforms and partition batches: the place where a sample becomes training input.
-
-    Args:
-        schedule: the stages.
-        min_crop_scale: lower bound of the random resized crop's area fraction.
-        cache: the aligned crops of the cached teachers (None: no cache).
-    """
-
-    def __init__(self, schedule: Schedule, min_crop_scale: float, cache: Optional[CachedViews] = None) -> None:
-        self.schedule = schedule
-        self.cache = cache
-        self.transforms = {r: train_transform(r, min_crop_scale) for r in schedule.resolutions()}
-
-    def cached_names(self, cfg: PartitionConfig) -> list[str]:
-        """The cached teachers that supervise a partition."""
-        return self.cache.names(cfg.teachers) if self.cache is not None else []
-
-    def transform(self, sample: Sample, cfg: PartitionConfig, seed: int) -> dict[str, Any]:
-        """One sample for one partition; its randomness comes from `seed` only. May raise SampleError or
-        FeatureError (the sample is then skipped and counted)."""
-        names = self.cached_names(cfg)
-        if names:
-            generator = torch.Generator().manual_seed(seed)
-            item = self.cache.sample(sample, cfg.resolution, names, generator)  # type: ignore[union-attr, arg-type]
-            return {"image": item.image, "label": sample.label, "key": sample.key, "item": item}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image = self.transforms[cfg.resolution](sample.image)
-        return {"image": image, "label": sample.label, "key": sample.key}
-
-    def partition(self, items: list[dict[str, Any]], cfg: PartitionConfig) -> dict[str, Any]:
-        """One partition's batch from its transformed samples (possibly fewer than its batch size)."""
-        r = cfg.resolution
-        names = self.cached_names(cfg)
-        if names:  # images, cached targets and crop boxes, stacked together
-            extra = self.cache.stack([s["item"] for s in items], names, r)  # type: ignore[union-attr]
-        else:
-            extra = {"image": torch.stack([s["image"] for s in items]) if items else torch.zeros(0, 3, r, r)}
-        return {
-            **extra,
-            "label": torch.tensor([s["label"] for s in items], dtype=torch.long),
-            "key": [s["key"] for s in items],
-            "resolution": r,
-            "teachers": list(cfg.teachers) if cfg.teachers is not None else None,
-            "weight": float(cfg.weight),
-        }
-
-
-class StepStream(IterableDataset):
-    """The training batches of one rank from `start_step` on (endless); see the module docstring."""
-
-    def __init__(self, index: ShardIndex, order: DataOrder, batcher: PartitionBatcher, start_step: int = 0,
-                 features: Optional[FeatureIndex] = None, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-        super().__init__()
-        self.index, self.order, self.batcher, self.start_step = index, order, batcher, start_step
-        self.features = features
-        self.max_pixels = max_pixels
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        step = self.start_step + worker
-        while True:
-            yield self.batch(step)
-            step += workers
-
-    def batch(self, step: int) -> dict[str, Any]:
-        stage = self.order.schedule.stage_index(step)
-        cfgs = self.order.schedule.stages[stage].partitions
-        faults: list[dict[str, str]] = []
-        reads = 0
-        parts = []
-        for cfg, positions in zip(cfgs, self.order.positions(step)):
-            epochs, ids = self.order.samples(positions)
-            items = []
-            for epoch, i in zip(epochs.tolist(), ids.tolist()):
-                reads += 1
-                try:
-                    sample = self.read(i, self.batcher.cached_names(cfg))
-                    items.append(self.batcher.transform(sample, cfg, sample_seed(self.order.seed, epoch, i)))
-                except (SampleError, FeatureError) as e:
-                    faults.append(fault_from(e, getattr(e, "radio_kind", "SampleError")).to_dict())
-            parts.append(self.batcher.partition(items, cfg))
-        return {"partitions": parts, "stage": stage, "step": step, "data": {"reads": reads, "faults": faults}}
-
-    def read(self, i: int, cached: list[str]) -> Sample:
-        """Sample i decoded, with its records of the `cached` teachers when training from the feature cache."""
-        sample = decode_sample(self.index.read(i), max_pixels=self.max_pixels)
-        if not cached or self.features is None:
-            return sample
-        return CachedSample.of(sample, self.features.records(i, cached))
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -321,9 +207,9 @@ class ShardDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Called by Lightning just before a batch is used: the data position and the faults it carries."""
-        if isinstance(batch, dict) and "data" in batch and "step" in batch:
-            self._next_step = int(batch["step"]) + 1
-            self.health.log_new(batch["data"]["faults"])
+        if isinstance(batch, TrainBatch):
+            self._next_step = batch.step + 1
+            self.health.log_new(batch.faults)
         return batch
 
     # -- checkpoints -----------------------------------------------------------------------------------------
@@ -331,9 +217,7 @@ class ShardDataModule(L.LightningDataModule):
         """Where the data stream stands (plain types; stored in checkpoints by Lightning)."""
         if self.index is None or self.order is None or self._next_step is None:
             return {}
-        health = DataHealth()
-        for state in _all_gather_objects(self.health.state_dict()):
-            health.merge(DataHealth.from_state(state))
+        health = gather_health(self.health)
         return {"version": STATE_VERSION, "seed": self.seed, "next_step": self._next_step,
                 "next_position": self.order.step_start(self._next_step), "num_samples": len(self.index),
                 "index_digest": self.index.digest(), "health": health.state_dict()}
@@ -362,21 +246,11 @@ class ShardDataModule(L.LightningDataModule):
             wds.SimpleShardList(self._val_urls),
             wds.split_by_worker,
             wds.tarfile_to_samples(handler=self.errors),
-            wds.map(_Transform(eval_transform(self.val_resolution), self.max_image_pixels), handler=self.errors),
+            wds.map(DecodeTransform(eval_transform(self.val_resolution), self.max_image_pixels),
+                    handler=self.errors),
         )
         return DataLoader(ds, batch_size=self.val_batch_size, num_workers=workers, collate_fn=collate,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)
 
 
-def _all_gather_objects(obj: Any) -> list[Any]:
-    """[obj of every rank] (just [obj] outside torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-__all__ = ["ShardDataModule", "PartitionBatcher", "StepStream", "collate", "Fault", "BadDataError"]
+__all__ = ["ShardDataModule", "DATA_RANGES", "DEFAULT_RESOLUTION", "DEFAULT_BATCH_SIZE"]

@@ -3,8 +3,8 @@
 Bad shards and samples never stop a run by themselves: a truncated or corrupt tar, a sample without an image, an
 image that does not decode, a per-sample check that fails (e.g. a cached feature array of the wrong shape) is
 skipped and recorded as a `Fault` naming its kind, shard and key. Faults found inside loader workers travel to
-the main process in the batch they were found for (`batch["data"]`), so counts are exact whatever the number of
-workers. `DataHealth` keeps the distinct faults (kind, shard, key) of a run; the training module keeps the
+the main process in the batch they were found for (`TrainBatch.faults`), so counts are exact whatever the
+number of workers. `DataHealth` keeps the distinct faults (kind, shard, key) of a run; the training module keeps the
 global read and bad-read counts (summed over ranks) and stops the run with `BadDataError` only when the bad
 fraction passes `data.max_bad_fraction`.
 """
@@ -107,6 +107,22 @@ class DataHealth:
         for kind, shard, key, message in (state or {}).get("faults", []):
             h.faults[(kind, shard, key)] = message
         return h
+
+
+def gather_health(local: Optional[DataHealth]) -> DataHealth:
+    """The distinct faults of every rank merged into a new DataHealth (`local`: this rank's, or None for
+    none). Under torch.distributed a collective: every rank calls it."""
+    import torch.distributed as dist
+
+    state = local.state_dict() if local is not None else {}
+    states = [state]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, state)
+    merged = DataHealth()
+    for s in states:
+        merged.merge(DataHealth.from_state(s))
+    return merged
 
 
 def check_bad_fraction(reads: int, bad: int, max_fraction: float, min_reads: int, health: DataHealth) -> None:

@@ -205,3 +205,8 @@ class RadioCheckpoint(ModelCheckpoint):
         """A checkpoint of the final step, even when it is not a multiple of every_n_train_steps."""
         if not self._should_skip_saving_checkpoint(trainer):
             self.save_now(trainer)
+
+
+def radio_checkpoint(trainer: "L.Trainer") -> Optional[RadioCheckpoint]:
+    """The trainer's RadioCheckpoint callback, or None."""
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, RadioCheckpoint)), None)

@@ -136,3 +136,15 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     return obj
+
+
+def coerce_teachers(teachers: Any, where: str) -> list[TeacherEntry]:
+    """A recipe's teachers (TeacherEntry instances or dicts, `coerce`d): at least one, names unique."""
+    entries = [coerce(TeacherEntry, t, f"{where}[{i}]") for i, t in enumerate(teachers)]
+    if not entries:
+        raise ValueError(f"{where}: at least one teacher is needed")
+    names = [e.name for e in entries]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: name(s) {dup} appear more than once")
+    return entries

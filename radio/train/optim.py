@@ -1,10 +1,14 @@
 """AdamW with decoupled weight decay (not on norms, biases, tokens or the position grid), linear warm-up and
-cosine decay, stepped every optimizer step."""
+cosine decay, stepped every optimizer step. A resume trains at the recipe's `model.optimizer.lr` even if the
+checkpoint was trained at another one (`use_recipe_lr`)."""
 from __future__ import annotations
 
 import math
+from typing import Any, Optional
 
+import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from radio.train.config import OptimConfig
@@ -36,3 +40,40 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> dic
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def total_steps(trainer: Optional[L.Trainer]) -> int:
+    """The schedule's length: the trainer's max_steps, else its estimated optimizer steps, else 10,000."""
+    if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+        return trainer.max_steps
+    if trainer is not None:
+        est = trainer.estimated_stepping_batches
+        if math.isfinite(est):
+            return int(est)
+    return 10_000
+
+
+def use_recipe_lr(checkpoint: dict[str, Any], lr: float) -> None:
+    """Resume at the recipe's `lr`: where the checkpoint's optimizer and schedule were built for another base
+    lr (e.g. one lowered after a non-finite stop), their restored lrs are rescaled to it (the schedule's shape
+    and position are kept)."""
+    new = float(lr)
+    old: set[float] = set()
+    for state in checkpoint.get("optimizer_states") or []:
+        for g in state.get("param_groups", []):
+            base = float(g.get("initial_lr", g.get("lr", new)))
+            if not math.isclose(base, new, rel_tol=1e-9):
+                old.add(base)
+                g["lr"] = float(g["lr"]) * new / base if base > 0 else new
+                g["initial_lr"] = new
+    for state in checkpoint.get("lr_schedulers") or []:
+        bases = [float(b) for b in state.get("base_lrs", [])]
+        if bases and any(not math.isclose(b, new, rel_tol=1e-9) for b in bases):
+            old.update(bases)
+            if state.get("_last_lr"):
+                state["_last_lr"] = [float(v) * new / b if b > 0 else new for v, b in zip(state["_last_lr"], bases)]
+            state["base_lrs"] = [new] * len(bases)
+    if old:
+        rank_zero_info(f"model.optimizer.lr: the recipe's {new:g} replaces the checkpoint's "
+                       f"{', '.join(f'{v:g}' for v in sorted(old))} (the resumed run trains at {new:g}, the "
+                       f"schedule continuing from step {checkpoint.get('global_step', '?')})")

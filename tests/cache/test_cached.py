@@ -4,6 +4,7 @@ import copy
 import io
 import logging
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -48,19 +49,19 @@ def _batch(synth_dir, cache_dir, **cache):
                          cache={"dir": str(cache_dir), **cache})
     dm.setup("fit")
     torch.manual_seed(1)
-    return dm, next(iter(dm.train_dataloader()))["partitions"][0]
+    return dm, next(iter(dm.train_dataloader())).partitions[0]
 
 
 def _online_reference(module, layout, part, synth_dir, flips=True):
     """The teachers run online on the same canvases, their outputs cut with the batch's views and flipped."""
     images = {s.key: s.image for s in map(decode_sample, iter_raw_samples(resolve_shards(str(synth_dir / "val"))))}
-    views = [CropView(*(int(v) for v in row[:4]), bool(row[4]) and flips, bool(row[5])) for row in part["crop"]]
-    valid = part["crop"][:, 5].bool() & ~part["crop"][:, 4].bool()
+    views = [CropView(*(int(v) for v in row[:4]), bool(row[4]) and flips, bool(row[5])) for row in part.crop]
+    valid = part.crop[:, 5].bool() & ~part.crop[:, 4].bool()
     ref = {}
     for name, t in layout.teachers.items():
         teacher = module.teachers[name]
         feats, summ = [], []
-        for key, view in zip(part["key"], views):
+        for key, view in zip(part.key, views):
             out = teacher(eval_transform(t.geometry.resolution)(images[key])[None])
             feats.append(crop_grid(out.features[0], view, layout.ref, t.geometry))
             if out.summary is not None:
@@ -73,19 +74,19 @@ def test_loss_from_the_cache_equals_the_online_loss_for_the_same_crop(synth_dir,
     module = _module()
     dm, part = _batch(synth_dir, cached, whole_view=0.25)
     layout = dm.cache_layout
-    assert layout.reference == "clip" and set(part["cached"]) == {"clip", "dino_v2", "sam"}
-    crop = part["crop"]
+    assert layout.reference == "clip" and set(part.cached) == {"clip", "dino_v2", "sam"}
+    crop = part.crop
     assert crop[:, 4].any() and (crop[:, 5] == 0).any() and (crop[:, 5] == 1).any()
     ref = _online_reference(module, layout, part, synth_dir)
-    for name, c in part["cached"].items():
+    for name, c in part.cached.items():
         assert torch.equal(c.summary_valid, ref[name].summary_valid)
         for got, want in zip(c.features, ref[name].features):
             assert got.shape == want.shape
             assert ((got - want).abs() <= want.abs() * 2 ** -10 + 1e-6).all()  # float16 rounding
     with torch.no_grad():
-        loss_cache, terms_cache = module.partition_losses(part["image"], module.partition_targets(part))
+        loss_cache, terms_cache = module.partition_losses(part.image, module.objective.targets(part))
         loss_online, terms_online = module.partition_losses(
-            part["image"], module.partition_targets({**part, "cached": ref}))
+            part.image, module.objective.targets(replace(part, cached=ref)))
         assert set(terms_cache) == set(terms_online) == {"clip/feature", "clip/summary", "dino_v2/feature",
                                                          "dino_v2/summary", "sam/feature"}
         for k in terms_cache:
@@ -94,33 +95,33 @@ def test_loss_from_the_cache_equals_the_online_loss_for_the_same_crop(synth_dir,
         # the comparison can fail: the same crops without their flips give another loss
         unflipped = _online_reference(module, layout, part, synth_dir, flips=False)
         loss_unflipped, _ = module.partition_losses(
-            part["image"], module.partition_targets({**part, "cached": unflipped}))
+            part.image, module.objective.targets(replace(part, cached=unflipped)))
         assert abs(float(loss_unflipped - loss_cache)) > 20 * abs(float(loss_online - loss_cache))
 
 
 def test_summary_targets_only_where_the_view_is_the_whole_canvas(synth_dir, cached):
     module = _module()
     _, part = _batch(synth_dir, cached, whole_view=0.0, teachers=["clip"])
-    crop = part["crop"]
-    valid = part["cached"]["clip"].summary_valid
+    crop = part.crop
+    valid = part.cached["clip"].summary_valid
     assert torch.equal(valid, crop[:, 5].bool() & ~crop[:, 4].bool()) and not valid.all()
-    tg = module.partition_targets(part)
+    tg = module.objective.targets(part)
     pred_summary = torch.randn(len(valid), 32)
     masked = 1 - torch.cosine_similarity(pred_summary[valid], tg["clip"].summary[valid], dim=-1).mean()
     got = summary_target_loss(pred_summary, tg["clip"])
     assert (got is None) if not valid.any() else torch.isclose(got, masked)
     _, approx = _batch(synth_dir, cached, whole_view=0.0, teachers=["clip"], summary="approximate")
-    assert approx["cached"]["clip"].summary_valid.all()
+    assert approx.cached["clip"].summary_valid.all()
 
 
 def test_mixed_runs_read_some_teachers_and_run_the_others(synth_dir, cached, monkeypatch):
     module = _module()
     _, part = _batch(synth_dir, cached, teachers=["dino_v2", "sam"])
-    assert set(part["cached"]) == {"dino_v2", "sam"}
+    assert set(part.cached) == {"dino_v2", "sam"}
     calls = []
     real = teachers.Teacher.forward
     monkeypatch.setattr(teachers.Teacher, "forward", lambda self, x: calls.append(self.name) or real(self, x))
-    tg = module.partition_targets(part)
+    tg = module.objective.targets(part)
     assert calls == ["clip"]
     assert tg["clip"].features.shape == (16, 64, 4, 4) and tg["sam"].features.shape == (16, 32, 8, 8)
     assert tg["dino_v2"].features.shape == (16, 48, 4, 4) and tg["dino_v2"].summary_valid is not None
@@ -221,16 +222,16 @@ def test_bad_cached_records_skip_their_samples_and_are_counted_with_shard_and_ke
     logged = [r.getMessage() for r in caplog.records if "skipped bad data" in r.getMessage()]
     assert len(logged) == len(expected) + 1 and sum(f"TruncatedShard shard={shard1}:" in m for m in logged) == 1
     assert all(sum(f"{kind} shard={shard} key={key}:" in m for m in logged) == 1 for kind, shard, key in expected)
-    faults = [f for b in batches for f in b["data"]["faults"]]
+    faults = [f for b in batches for f in b.faults]
     assert {(f["kind"], f["shard"], f["key"]) for f in faults} == expected and len(faults) == len(expected)
     assert "features of shape (48, 3, 4), meta.json says (48, 4, 4)" in next(
         f["message"] for f in faults if f["kind"] == "FeatureError")
-    trained = [k for b in batches for k in b["partitions"][0]["key"]]
+    trained = [k for b in batches for k in b.partitions[0].key]
     assert len(trained) == len(set(trained)) == 24 - len(expected)
     assert not set(trained) & {k for _, _, k in expected}
     for b in batches:
-        p = b["partitions"][0]
-        assert p["image"].shape[0] == len(p["key"]) == len(p["cached"]["dino_v2"].features) == p["crop"].shape[0]
+        p = b.partitions[0]
+        assert p.image.shape[0] == len(p.key) == len(p.cached["dino_v2"].features) == p.crop.shape[0]
 
 
 def _drop_record(shard, key) -> None:
@@ -275,7 +276,7 @@ def test_a_key_the_cache_writer_skipped_is_bad_data_not_an_error(tmp_path):
                          cache={"dir": str(tmp_path / "cache")})
     dm.setup("fit")
     batches = [dm.on_before_batch_transfer(b, 0) for _, b in zip(range(3), dm.train_dataloader())]  # 1 epoch
-    faults = [(f["kind"], f["shard"], f["key"]) for b in batches for f in b["data"]["faults"]]
+    faults = [(f["kind"], f["shard"], f["key"]) for b in batches for f in b.faults]
     assert faults == [("SampleError", str(src), broken)]  # the image is what is bad
-    trained = [k for b in batches for k in b["partitions"][0]["key"]]
+    trained = [k for b in batches for k in b.partitions[0].key]
     assert len(trained) == len(set(trained)) == 23 and broken not in trained

@@ -65,10 +65,10 @@ def test_batches_do_not_depend_on_workers_and_resume_exactly(synth_dir):
     ref = _batches(ShardDataModule(str(synth_dir / "train"), stages=stages, num_workers=0, seed=5), 7)
     two = _batches(ShardDataModule(str(synth_dir / "train"), stages=stages, num_workers=2, seed=5), 7)
     for a, b in zip(ref, two):
-        assert a["step"] == b["step"] and a["data"] == b["data"]
-        assert a["data"]["reads"] == (4 if a["stage"] == 0 else 5) and not a["data"]["faults"]
-        for pa, pb in zip(a["partitions"], b["partitions"]):
-            assert pa["key"] == pb["key"] and torch.equal(pa["image"], pb["image"])
+        assert a.step == b.step and (a.reads, a.faults) == (b.reads, b.faults)
+        assert a.reads == (4 if a.stage == 0 else 5) and not a.faults
+        for pa, pb in zip(a.partitions, b.partitions):
+            assert pa.key == pb.key and torch.equal(pa.image, pb.image)
     first = ShardDataModule(str(synth_dir / "train"), stages=stages, num_workers=0, seed=5)
     _batches(first, 1)
     first.on_before_batch_transfer(ref[3], 0)  # as if steps 0..3 were used
@@ -77,8 +77,8 @@ def test_batches_do_not_depend_on_workers_and_resume_exactly(synth_dir):
     resumed = ShardDataModule(str(synth_dir / "train"), stages=stages, num_workers=2, seed=5)
     resumed.load_state_dict(state)
     for a, b in zip(ref[4:], _batches(resumed, 3)):
-        assert a["step"] == b["step"]
-        for pa, pb in zip(a["partitions"], b["partitions"]):
-            assert pa["key"] == pb["key"] and torch.equal(pa["image"], pb["image"])
+        assert a.step == b.step
+        for pa, pb in zip(a.partitions, b.partitions):
+            assert pa.key == pb.key and torch.equal(pa.image, pb.image)
     other = _batches(ShardDataModule(str(synth_dir / "train"), stages=stages, num_workers=0, seed=6), 1)
-    assert other[0]["partitions"][0]["key"] != ref[0]["partitions"][0]["key"]
+    assert other[0].partitions[0].key != ref[0].partitions[0].key

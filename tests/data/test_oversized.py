@@ -109,16 +109,16 @@ def test_training_and_validation_skip_and_count_oversized_images(tmp_path, loads
     dm.setup("fit")
     stream = dm.train_dataloader().dataset
     batch = stream.batch(0)  # one epoch: every sample once
-    assert batch["data"]["reads"] == 6
-    assert batch["data"]["faults"] == [{"kind": "OversizedImage", "shard": str(shard), "key": "s002",
-                                        "message": batch["data"]["faults"][0]["message"]}]
-    assert "200x200 = 40,000 pixels" in batch["data"]["faults"][0]["message"]
-    assert sorted(batch["partitions"][0]["key"]) == ["s000", "s001", "s003", "s004", "s005"]
+    assert batch.reads == 6
+    assert batch.faults == [{"kind": "OversizedImage", "shard": str(shard), "key": "s002",
+                             "message": batch.faults[0]["message"]}]
+    assert "200x200 = 40,000 pixels" in batch.faults[0]["message"]
+    assert sorted(batch.partitions[0].key) == ["s000", "s001", "s003", "s004", "s005"]
     with caplog.at_level(logging.WARNING, logger="radio.data"):
         dm.on_before_batch_transfer(batch, 0)
     assert dm.health.by_kind() == {"OversizedImage": 1}
     assert any("OversizedImage" in r.getMessage() and "key=s002" in r.getMessage() for r in caplog.records)
-    val_keys = [k for b in dm.val_dataloader() for k in b["key"]]
+    val_keys = [k for b in dm.val_dataloader() for k in b.key]
     assert sorted(val_keys) == ["s000", "s001", "s003", "s004", "s005"]
     assert dict(dm.errors.counts) == {"OversizedImage": 1}
     assert (BIG, BIG) not in loads and loads  # the others were decoded, the big one never

@@ -45,27 +45,27 @@ def test_each_step_has_one_batch_per_partition_of_its_stage(synth_dir, workers):
     loader = dm.train_dataloader()
     seen = []
     for i, batch in zip(range(8), loader):
-        assert batch["step"] == i  # in-order round robin across workers keeps the global step
-        stage = Schedule(THREE_STAGES).stages[batch["stage"]]
-        assert batch["stage"] == Schedule(THREE_STAGES).stage_index(i)
-        assert len(batch["partitions"]) == len(stage.partitions)
-        for part, cfg in zip(batch["partitions"], stage.partitions):
-            assert part["image"].shape == (cfg.batch_size, 3, cfg.resolution, cfg.resolution)
-            assert part["image"].dtype == torch.float32 and 0 <= part["image"].min() <= part["image"].max() <= 1
-            assert part["resolution"] == cfg.resolution and part["teachers"] == cfg.teachers
-            assert part["weight"] == cfg.weight and len(part["key"]) == cfg.batch_size
-        seen.append(tuple(p["resolution"] for p in batch["partitions"]))
+        assert batch.step == i  # in-order round robin across workers keeps the global step
+        stage = Schedule(THREE_STAGES).stages[batch.stage]
+        assert batch.stage == Schedule(THREE_STAGES).stage_index(i)
+        assert len(batch.partitions) == len(stage.partitions)
+        for part, cfg in zip(batch.partitions, stage.partitions):
+            assert part.image.shape == (cfg.batch_size, 3, cfg.resolution, cfg.resolution)
+            assert part.image.dtype == torch.float32 and 0 <= part.image.min() <= part.image.max() <= 1
+            assert part.resolution == cfg.resolution and part.teachers == cfg.teachers
+            assert part.weight == cfg.weight and len(part.key) == cfg.batch_size
+        seen.append(tuple(p.resolution for p in batch.partitions))
     assert seen == [(32,)] * 3 + [(48,)] * 2 + [(48, 64)] * 3
     # the two partitions of one step hold different images
-    last = batch["partitions"]
-    assert not set(last[0]["key"]) & set(last[1]["key"])
+    last = batch.partitions
+    assert not set(last[0].key) & set(last[1].key)
 
 
 def test_single_partition_form_and_mixing_is_an_error(synth_dir):
     dm = ShardDataModule(str(synth_dir / "train"), resolution=48, batch_size=5, num_workers=0)
     assert dm.resolution == 48 and dm.val_resolution == 48 and dm.schedule.resolutions() == [48]
     batch = next(iter(dm.train_dataloader()))
-    assert batch["partitions"][0]["image"].shape == (5, 3, 48, 48) and batch["partitions"][0]["teachers"] is None
+    assert batch.partitions[0].image.shape == (5, 3, 48, 48) and batch.partitions[0].teachers is None
     with pytest.raises(ValueError, match="either data.resolution/data.batch_size .* or data.stages"):
         ShardDataModule(str(synth_dir / "train"), resolution=48, stages=[StageConfig([PartitionConfig(32, 2)])])
 
@@ -78,13 +78,13 @@ def test_resume_starts_at_the_trainers_step(synth_dir):
 
     dm.trainer = FakeTrainer()
     batch = next(iter(dm.train_dataloader()))
-    assert batch["step"] == 4 and batch["stage"] == 1
+    assert batch.step == 4 and batch.stage == 1
 
 
 def test_sample_order_is_repeatable(synth_dir):
     def keys(seed):
         dm = ShardDataModule(str(synth_dir / "train"), resolution=32, batch_size=8, num_workers=0, seed=seed)
-        return [k for _, b in zip(range(3), dm.train_dataloader()) for k in b["partitions"][0]["key"]]
+        return [k for _, b in zip(range(3), dm.train_dataloader()) for k in b.partitions[0].key]
 
     first = keys(0)
     assert first == keys(0) and first != keys(1)

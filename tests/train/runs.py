@@ -65,7 +65,7 @@ class Probe(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.fixed_positions:
             pl_module.model.backbone.cpe.eval()
-        self.keys[int(batch["step"])] = [list(p["key"]) for p in batch["partitions"]]
+        self.keys[batch.step] = [list(p.key) for p in batch.partitions]
 
     def on_train_end(self, trainer, pl_module) -> None:
         Path(self.out).mkdir(parents=True, exist_ok=True)

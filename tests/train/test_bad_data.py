@@ -149,8 +149,8 @@ def test_a_label_that_is_not_an_integer_is_bad_data_named_by_shard_and_key(synth
     dm = ShardDataModule(str(tmp_path), resolution=32, batch_size=8, num_workers=0)
     dm.setup("fit")
     batches = [dm.on_before_batch_transfer(b, 0) for _, b in zip(range(10), dm.train_dataloader())]  # 1 epoch
-    faults = [f for b in batches for f in b["data"]["faults"]]
+    faults = [f for b in batches for f in b.faults]
     assert [(f["kind"], f["shard"], f["key"]) for f in faults] == [("SampleError", str(tmp_path / "000000.tar"), bad)]
     assert "'label' must be an integer" in faults[0]["message"] and "'cat'" in faults[0]["message"]
-    trained = [k for b in batches for p in b["partitions"] for k in p["key"]]
+    trained = [k for b in batches for p in b.partitions for k in p.key]
     assert len(trained) == len(set(trained)) == 79 and bad not in trained

@@ -7,6 +7,7 @@ import torch
 
 from eval.report import read_metrics_csv
 from radio.cli.fit import run_fit
+from radio.data.batch import Partition, TrainBatch
 from radio.export import export_checkpoint, load, read_checkpoint
 from radio.train.module import DistillModule
 from tests.helpers import TINY_CLIP, TINY_DINO, TINY_STUDENT, tiny_recipe, write_recipe
@@ -100,14 +101,35 @@ def test_partition_weights_and_teacher_subsets_in_one_step(synth_dir):
     module = DistillModule(TINY_STUDENT, [TINY_CLIP, TINY_DINO]).eval()  # eval: deterministic CPE
     torch.manual_seed(0)
     a, b = torch.rand(4, 3, 32, 32), torch.rand(3, 3, 64, 64)
-    batch = {"partitions": [{"image": a, "teachers": None, "weight": 0.5, "resolution": 32},
-                            {"image": b, "teachers": ["dino_v2"], "weight": 2.0, "resolution": 64}], "stage": 0}
+    batch = TrainBatch([Partition(a, None, 0.5, 32), Partition(b, ["dino_v2"], 2.0, 64)], stage=0)
     total = module.training_step(batch, 0)
-    la, terms_a = module.partition_losses(a, module.partition_targets(batch["partitions"][0]))
-    lb, terms_b = module.partition_losses(b, module.partition_targets(batch["partitions"][1]))
+    la, terms_a = module.partition_losses(a, module.objective.targets(batch.partitions[0]))
+    lb, terms_b = module.partition_losses(b, module.objective.targets(batch.partitions[1]))
     assert set(terms_b) == {"dino_v2/feature", "dino_v2/summary"}
     assert set(terms_a) == {"clip/feature", "clip/summary", "dino_v2/feature", "dino_v2/summary"}
     assert torch.allclose(total, 0.5 * la + 2.0 * lb)
+
+
+def test_validation_loss_is_the_training_loss_of_the_images_at_the_primary_resolution(monkeypatch):
+    """Validation measures fidelity at every resolution and, at the primary one (the images' side without
+    a datamodule), logs the loss of the training path (`partition_losses`) on the same images, no mosaic."""
+    module = DistillModule(TINY_STUDENT, [dict(TINY_CLIP, mosaic=True), TINY_DINO],
+                           validation={"resolutions": [64]}).eval()
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.__setitem__(name, value))
+    monkeypatch.setattr(module, "log_dict", lambda values, **_: logged.update(values))
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # clip: a 2 x 2 mosaic fits
+    with torch.no_grad():
+        module.validation.start(module)
+        module.validation.step(module, images)
+        direct = module.objective.targets(Partition(images), mosaic=False)
+        loss, terms = module.partition_losses(images, direct)
+        _, mosaic_terms = module.partition_losses(images, module.objective.targets(Partition(images)))
+    assert logged == {"val/loss": loss, **{f"val/{k}": v for k, v in terms.items()}}
+    assert set(terms) == {"clip/feature", "clip/summary", "dino_v2/feature", "dino_v2/summary"}
+    assert torch.equal(logged["val/loss"], loss)
+    assert "clip/summary" not in mosaic_terms  # training runs clip through the mosaic here
+    assert sorted(module.validation.metrics) == [("clip", 32), ("clip", 64), ("dino_v2", 32), ("dino_v2", 64)]
 
 
 def test_summary_teacher_that_only_ever_sees_mosaics_is_rejected():
