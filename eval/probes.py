@@ -6,7 +6,7 @@ with the reason; a probe that cannot run on the data at all is found by `data_su
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -20,7 +20,7 @@ class ProbeSkipped(Exception):
     """This probe does not apply to this model; the message says why (it goes into the report's notes)."""
 
 
-def data_support(probe: str, ds: Optional[Dataset], opts: EvalOptions) -> Optional[str]:
+def data_support(probe: str, ds: Dataset | None, opts: EvalOptions) -> str | None:
     """None when `probe` can run on the data, else the reason it cannot."""
     if probe in ("knn", "linear", "zeroshot"):
         if ds is None or not ds.classes:
@@ -90,7 +90,7 @@ def _text_teacher(enc: Encoder, opts: EvalOptions) -> tuple[Encoder, Any]:
     return AdaptorEncoder(enc, adaptor), teacher_lib.build(enc.recorded_teacher(adaptor))
 
 
-def zeroshot(enc: Encoder, ds: Dataset, te: Optional[FeatureBank], opts: EvalOptions) -> dict[str, Any]:
+def zeroshot(enc: Encoder, ds: Dataset, te: FeatureBank | None, opts: EvalOptions) -> dict[str, Any]:
     from eval.zeroshot import readable_classnames, templates_named, text_classifier, zeroshot_eval
 
     image_enc, teacher = _text_teacher(enc, opts)
@@ -132,7 +132,7 @@ def fidelity(enc: Encoder, ds: Dataset, opts: EvalOptions) -> dict[str, Any]:
                           device=opts.device, progress=opts.progress)
 
 
-def vlm_conversations(ds: Optional[Dataset], opts: EvalOptions, out: Path):
+def vlm_conversations(ds: Dataset | None, opts: EvalOptions, out: Path):
     """(train, val) LLaVA conversations: from --vlm-data, or generated from synth shards into OUT/vlm_data."""
     from eval.vlm_data import read_llava_json, write_synth_vqa
 

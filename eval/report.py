@@ -5,7 +5,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 def _fmt(v: Any) -> str:
@@ -30,7 +30,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path,
-                         prefixes: tuple[str, ...] = ("train/", "val/")) -> Optional[Path]:
+                         prefixes: tuple[str, ...] = ("train/", "val/")) -> Path | None:
     """Plot the total loss and per-teacher loss terms over steps; returns the PNG path (None if no data)."""
     import matplotlib
 

@@ -9,15 +9,23 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
 from eval import probes as P
 from eval.datasets import Dataset, DatasetError, open_dataset
-from eval.features import (Encoder, FeatureBank, describe, load_encoder, provenance_file, recorded_teacher,
-                           recorded_teacher_names)
+from eval.features import (
+    Encoder,
+    FeatureBank,
+    describe,
+    load_encoder,
+    provenance_file,
+    recorded_teacher,
+    recorded_teacher_names,
+)
 from eval.knn import knn_eval
 from eval.options import EvalOptions
 from eval.report import write_report
@@ -39,8 +47,8 @@ def knn_tasks(tr: FeatureBank, te: FeatureBank, k: int, temperature: float) -> d
 class Evaluation:
     """One report: models x probes on one dataset (see module docstring)."""
 
-    def __init__(self, probes: Sequence[str], models: Sequence[Union[str, dict]], data: str, out: str | Path,
-                 opts: Optional[EvalOptions] = None, names: Optional[Sequence[str]] = None,
+    def __init__(self, probes: Sequence[str], models: Sequence[str | dict], data: str, out: str | Path,
+                 opts: EvalOptions | None = None, names: Sequence[str] | None = None,
                  encoders: Sequence[Encoder] = (), explicit: bool = True) -> None:
         unknown = [p for p in probes if p not in PROBES]
         if unknown:
@@ -53,7 +61,7 @@ class Evaluation:
         self.report: dict[str, Any] = {"title": "radio eval", "models": {}, "probes": {}, "plots": [], "notes": [],
                                        "timing_s": {}}
         self.pca: dict[str, torch.Tensor] = {}
-        self.pca_images: Optional[torch.Tensor] = None
+        self.pca_images: torch.Tensor | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -105,7 +113,7 @@ class Evaluation:
     def measure(self) -> dict[str, Any]:
         """Run every probe on every model and write the plots; returns the report (not written)."""
         o = self.opts
-        ds: Optional[Dataset] = None
+        ds: Dataset | None = None
         if set(self.probes) - {"vlm"} or not o.vlm_data:
             ds = open_dataset(self.data, o.layout, o.num_classes, o.label_fields)
             self.report["data"] = {"root": str(ds.root), "layout": ds.layout, "resolution": o.resolution,
@@ -132,7 +140,7 @@ class Evaluation:
             self.note(SYNTH_NOTE)
         return self.report
 
-    def run_model(self, enc: Encoder, ds: Optional[Dataset], probes: list[str], conversations) -> None:
+    def run_model(self, enc: Encoder, ds: Dataset | None, probes: list[str], conversations) -> None:
         o = self.opts
         tr = te = None
         if {"knn", "linear", "seg"} & set(probes):
@@ -198,8 +206,8 @@ def protocol_notes(probes: Sequence[str], o: EvalOptions) -> list[str]:
     return [text[p] for p in probes if p in text]
 
 
-def run_eval(probes: Sequence[str], models: Sequence[Union[str, dict]], data: str, out: str | Path,
-             opts: Optional[EvalOptions] = None, names: Optional[Sequence[str]] = None,
+def run_eval(probes: Sequence[str], models: Sequence[str | dict], data: str, out: str | Path,
+             opts: EvalOptions | None = None, names: Sequence[str] | None = None,
              encoders: Sequence[Encoder] = ()) -> dict[str, Any]:
     """Run `probes` ("all" expands to every probe the data allows) on `models` and extra `encoders`; writes the
     report into `out` and returns it."""

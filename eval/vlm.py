@@ -15,16 +15,26 @@ References: LLaVA-1.5 (Liu et al., 2023); RADIOv2.5 (Heinrich et al., 2024) VLM 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from eval.features import Encoder, StudentEncoder
-from eval.vlm_data import (IGNORE_LABEL, IMAGE_TOKEN, Conversation, PromptBuilder, conversation_texts,
-                           majority_answers, normalize_answer, question_key, word_tokenizer)
+from eval.vlm_data import (
+    IGNORE_LABEL,
+    IMAGE_TOKEN,
+    Conversation,
+    PromptBuilder,
+    conversation_texts,
+    majority_answers,
+    normalize_answer,
+    question_key,
+    word_tokenizer,
+)
 
 
 @dataclass
@@ -46,11 +56,11 @@ class VLMConfig:
 
     lm: str = "tiny"
     resolution: int = 224
-    num_tokens: Optional[int] = None
+    num_tokens: int | None = None
     stage1_epochs: int = 1
     stage1_lr: float = 1e-3
-    stage2_epochs: Optional[int] = None
-    stage2_lr: Optional[float] = None
+    stage2_epochs: int | None = None
+    stage2_lr: float | None = None
     batch_size: int = 32
     warmup: float = 0.03
     pre_norm: bool = True
@@ -107,8 +117,8 @@ class VLMProbe(nn.Module):
         self.projector = nn.Sequential(nn.Linear(vision_dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.lm = lm
 
-    def embed(self, seqs: Sequence[list[int]], vision: Sequence[Tensor], labels: Optional[Sequence[list[int]]] = None,
-              pad_left: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    def embed(self, seqs: Sequence[list[int]], vision: Sequence[Tensor], labels: Sequence[list[int]] | None = None,
+              pad_left: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Splice projected vision tokens at IMAGE_TOKEN. Returns inputs_embeds (B, L, D), attention_mask (B, L)
         and labels (B, L) with IGNORE_LABEL on image tokens and padding (None when no labels were given)."""
         table = self.lm.get_input_embeddings()
@@ -149,9 +159,8 @@ class VLMProbe(nn.Module):
 def encode_images(encoder: Encoder, paths: Sequence[Path], resolution: int, batch_size: int = 32,
                   device: str | torch.device = "cpu", progress: bool = True) -> Tensor:
     """Frozen vision tokens (M, T, C) float16 of the images at `paths` (resized, centre-cropped)."""
-    from radio.data.transforms import eval_transform
-
     from eval.datasets import open_image
+    from radio.data.transforms import eval_transform
 
     tf = eval_transform(encoder.input_size(resolution))
     encoder.to(device)
@@ -264,7 +273,7 @@ def majority_baseline(train: Sequence[Conversation], val: Sequence[Conversation]
 
 
 def vlm_probe(encoder: Encoder, train: Sequence[Conversation], val: Sequence[Conversation],
-              cfg: Optional[VLMConfig] = None, device: str | torch.device = "cpu",
+              cfg: VLMConfig | None = None, device: str | torch.device = "cpu",
               progress: bool = True) -> dict[str, Any]:
     """Train and score the LLaVA-style probe with `encoder` as the frozen vision tower (see module docstring)."""
     cfg = resolve_config(cfg or VLMConfig())

@@ -20,8 +20,8 @@ References: RADIOv2.5 (Heinrich et al., 2024), multi-resolution training with mo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class MosaicPlan:
         return math.ceil(batch / self.per_canvas)
 
 
-def plan_mosaic(grid: tuple[int, int], patch: int, canvas: tuple[int, int]) -> Optional[MosaicPlan]:
+def plan_mosaic(grid: tuple[int, int], patch: int, canvas: tuple[int, int]) -> MosaicPlan | None:
     """Plan a mosaic of tiles whose teacher grid is `grid` in a fixed `canvas`; None if fewer than 2 fit.
 
     Args:

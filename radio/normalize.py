@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from radio.hadamard import construction, hadamard, normalized_hadamard
 from radio.registry import Registry
 
-NORMALIZERS: Registry[type["Normalizer"]] = Registry("normalizer")
+NORMALIZERS: Registry[type[Normalizer]] = Registry("normalizer")
 
 
 class Moments(NamedTuple):

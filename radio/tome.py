@@ -25,8 +25,8 @@ merging for VLMs).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from torch import Tensor
 
 Merge = Callable[..., Tensor]
 Unmerge = Callable[[Tensor], Tensor]
-Selector = Union[slice, Tensor]
+Selector = slice | Tensor
 SCHEDULES = ("constant", "decreasing")
 
 
@@ -52,7 +52,7 @@ class TokenMergeConfig:
 
     r: int = 0
     schedule: str = "constant"
-    num_tokens: Optional[int] = None
+    num_tokens: int | None = None
 
     def __post_init__(self) -> None:
         check_schedule(self.r, self.schedule, "tome")
@@ -114,7 +114,7 @@ def _soft_matching(a: Tensor, b: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor
 
 
 def _closures(protected: int, src: Selector, dst: Selector, kept: Tensor, moved: Tensor, into: Tensor,
-              num_in: int, order: Optional[Tensor] = None) -> tuple[Merge, Unmerge]:
+              num_in: int, order: Tensor | None = None) -> tuple[Merge, Unmerge]:
     """Build merge/unmerge for a partition of the non-protected tokens into sources `src` and destinations `dst`
     (slices or index tensors into x[:, protected:]). `order` (B, N_out, 1), if given, permutes the output."""
     num_kept = kept.shape[1]
@@ -227,7 +227,7 @@ def budget_soft_matching(metric: Tensor, grid: tuple[int, int], num_tokens: int)
     return _closures(0, src, dst, kept, moved, into, n, order)
 
 
-def merge_wavg(merge: Merge, x: Tensor, size: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+def merge_wavg(merge: Merge, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Size-weighted average merge: x = sum(s x) / sum(s), s = sum(s) over each group.
 
     Args:

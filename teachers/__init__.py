@@ -9,8 +9,16 @@ A spec read from a file the user did not write goes through `untrusted_spec` (no
 """
 from teachers._weights import TeacherWeightsError
 from teachers.base import CanvasRegion, Teacher, TeacherOutput, TeacherSpec
-from teachers.registry import (CODE_RUNNING_OPTIONS, TEACHERS, UntrustedSpecError, as_spec, available, build,
-                               register_teacher, untrusted_spec)
+from teachers.registry import (
+    CODE_RUNNING_OPTIONS,
+    TEACHERS,
+    UntrustedSpecError,
+    as_spec,
+    available,
+    build,
+    register_teacher,
+    untrusted_spec,
+)
 
 __all__ = ["CanvasRegion", "CODE_RUNNING_OPTIONS", "Teacher", "TeacherOutput", "TeacherSpec", "TeacherWeightsError",
            "TEACHERS", "UntrustedSpecError", "as_spec", "available", "build", "register_teacher", "untrusted_spec"]

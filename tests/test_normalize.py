@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from radio.hadamard import HadamardError, hadamard, normalized_hadamard
-from radio.normalize import NORMALIZERS, PHIS, all_reduce_moments, batch_moments, build_normalizer, \
-    check_normalizer, merge_moments
+from radio.normalize import (
+    NORMALIZERS,
+    PHIS,
+    all_reduce_moments,
+    batch_moments,
+    build_normalizer,
+    check_normalizer,
+    merge_moments,
+)
 from radio.registry import RegistryError
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import recipes
 
@@ -21,8 +21,8 @@ NOTES = [
 ]
 
 
-def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[int] = None,
-             progress: bool = True, extra_args: Optional[list[str]] = None) -> Path:
+def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: int | None = None,
+             progress: bool = True, extra_args: list[str] | None = None) -> Path:
     """Run the demo; returns the path of report.md."""
     from eval.datasets import read_info, shard_label_classes
     from eval.options import EvalOptions

@@ -7,7 +7,7 @@ buffers, in no weights file, are rebuilt from the config. Any failure is an Expo
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -56,7 +56,7 @@ def restore_derived_buffers(model: RADIOModel) -> None:
                           "config")
 
 
-def check_state(shapes: dict[str, tuple], dtypes: Optional[dict[str, Any]], own: dict[str, torch.Tensor],
+def check_state(shapes: dict[str, tuple], dtypes: dict[str, Any] | None, own: dict[str, torch.Tensor],
                 where: str) -> None:
     """Missing, unexpected, mis-shaped and (with `dtypes`) mis-typed keys, as one ExportError."""
     missing = [k for k in own if k not in shapes]

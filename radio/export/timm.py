@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -40,7 +40,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({ENTRYPOINT: _cfg()})
 
 
-def _resolve(source: Any) -> tuple[Optional[ModelConfig], Optional[Path]]:
+def _resolve(source: Any) -> tuple[ModelConfig | None, Path | None]:
     """(config, weights file) from an export dir, a weights file, a config.json, or a config dict."""
     if source is None:
         return None, None

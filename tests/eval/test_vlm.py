@@ -9,8 +9,14 @@ from eval.datasets import DatasetError
 from eval.features import ModelSpecError, StudentEncoder, load_encoder
 from eval.run import EvalOptions, run_eval
 from eval.vlm import VLMConfig, VLMProbe, build_lm, vlm_probe
-from eval.vlm_data import (IGNORE_LABEL, IMAGE_TOKEN, Conversation, PromptBuilder, read_llava_json,
-                           word_tokenizer)
+from eval.vlm_data import (
+    IGNORE_LABEL,
+    IMAGE_TOKEN,
+    Conversation,
+    PromptBuilder,
+    read_llava_json,
+    word_tokenizer,
+)
 from tests.eval.encoders import NoiseEncoder, PaletteEncoder
 from tests.helpers import TINY_DINO
 

@@ -8,8 +8,8 @@ import torch
 from radio.cli.fit import run_fit
 from radio.cli.main import main
 from radio.export import load, read_checkpoint, save_model
-from radio.model import ModelConfig, RADIOModel, StudentConfig, TeacherHead
 from radio.export.onnx import check_onnx, export_onnx
+from radio.model import ModelConfig, RADIOModel, StudentConfig, TeacherHead
 from tests.helpers import tiny_recipe, write_recipe
 
 TINY = dict(arch="custom", embed_dim=32, depth=2, num_heads=2, patch_size=8, max_resolution=64, register_multiple=4)
