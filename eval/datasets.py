@@ -104,6 +104,7 @@ class ADE20KSplit(Split):
     """ADEChallengeData2016 layout. Stored value 0 ("other") is ignored; value c in 1..K becomes class c - 1."""
 
     layout = "ade20k"
+    seg: SegInfo
 
     def __init__(self, root: Path, name: str, num_classes: int = 150, class_names: list[str] | None = None):
         sub = ADE20K_SPLITS.get(name, name)
@@ -152,6 +153,7 @@ class VOCSplit(Split):
     """VOC2012 segmentation layout; classes 0..20 (0 = background is a class), 255 = ignored boundary."""
 
     layout = "voc"
+    seg: SegInfo
 
     def __init__(self, root: Path, name: str) -> None:
         root = Path(root)
@@ -215,6 +217,8 @@ def open_dataset(root: str | Path, layout: str | None = None, num_classes: int |
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown dataset layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    train: Split
+    val: Split
     if layout == "imagefolder":
         train = ImageFolderSplit(root, "train")
         val = ImageFolderSplit(root, "val", train.classes["label"])

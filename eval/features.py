@@ -66,7 +66,7 @@ class StudentEncoder(Encoder):
                  source: str | None = None) -> None:
         self.model, self.name = model.eval(), name
         self.source = source or f"the provenance of {name!r}"  # the file the provenance was read from
-        self.num_tokens = None
+        self.num_tokens: int | None = None
         if num_tokens is not None:
             self.set_num_tokens(num_tokens)
 

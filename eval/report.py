@@ -163,7 +163,7 @@ def student_vs_teachers(report: dict[str, Any]) -> list[str]:
             s_scores = [headline(per_model.get(s, {}).get(t))[1] for s in students]
             if not t_scores or not isinstance(s_scores[0], float):
                 continue
-            best = max(t_scores, key=t_scores.get)
+            best = max(t_scores, key=lambda m: t_scores[m])
             lines.append(f"| {probe} | {t} | " + " | ".join(_fmt(v) for v in s_scores) +
                          f" | {best} {_fmt(t_scores[best])} | {s_scores[0] - t_scores[best]:+.4f} |")
             rows += 1

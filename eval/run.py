@@ -89,8 +89,8 @@ class Evaluation:
                 recorded_teacher(*s.rsplit("::", 1))
         seen: set[str] = set()
         lazy = [lambda e=e: e for e in self.given]
-        lazy += [lambda i=i, s=s: load_encoder(s, self.names[i] if i < len(self.names) else None)
-                 for i, s in enumerate(specs)]
+        lazy += [lambda i=i, s=s: load_encoder(  # type: ignore[misc]
+                     s, self.names[i] if i < len(self.names) else None) for i, s in enumerate(specs)]
         for make in lazy:
             enc = make()
             base, n = enc.name, 1
@@ -142,15 +142,20 @@ class Evaluation:
 
     def run_model(self, enc: Encoder, ds: Dataset | None, probes: list[str], conversations) -> None:
         o = self.opts
+        # data_support checked the data for every probe: ds is set for those that read it, tr and te (the
+        # feature banks) for knn, linear and seg
         tr = te = None
         if {"knn", "linear", "seg"} & set(probes):
             t0 = time.perf_counter()
-            tr, te = P.features(enc, ds, o, dense="seg" in probes)
+            tr, te = P.features(enc, ds, o, dense="seg" in probes)  # type: ignore[arg-type]
             self.report["timing_s"].setdefault(enc.name, {})["features"] = round(time.perf_counter() - t0, 2)
             self.report["models"][enc.name]["skipped_samples"] = tr.skipped + te.skipped
-        steps = {"knn": lambda: knn_tasks(tr, te, o.k, o.temperature), "linear": lambda: P.linear(tr, te, o),
-                 "seg": lambda: P.seg(tr, te, ds, o), "zeroshot": lambda: P.zeroshot(enc, ds, te, o),
-                 "fidelity": lambda: P.fidelity(enc, ds, o), "vlm": lambda: P.vlm(enc, conversations, o)}
+        steps = {"knn": lambda: knn_tasks(tr, te, o.k, o.temperature),  # type: ignore[arg-type]
+                 "linear": lambda: P.linear(tr, te, o),  # type: ignore[arg-type]
+                 "seg": lambda: P.seg(tr, te, ds, o),  # type: ignore[arg-type]
+                 "zeroshot": lambda: P.zeroshot(enc, ds, te, o),  # type: ignore[arg-type]
+                 "fidelity": lambda: P.fidelity(enc, ds, o),  # type: ignore[arg-type]
+                 "vlm": lambda: P.vlm(enc, conversations, o)}
         for p in probes:
             t0 = time.perf_counter()
             try:
@@ -172,7 +177,8 @@ class Evaluation:
         if "fidelity" in probes:
             plots_out.append(str(plot_sweeps(probes["fidelity"], self.out / "fidelity_vs_resolution.png")))
         if self.pca:
-            plots_out.append(str(plots.plot_pca(self.pca_images, self.pca, self.out / "pca_features.png")))
+            plots_out.append(str(plots.plot_pca(self.pca_images,  # type: ignore[arg-type]  # set with pca
+                                                self.pca, self.out / "pca_features.png")))
         for p, metric in (("linear", "top1"), ("seg", "mIoU")):
             if p in probes:
                 plots_out.append(str(plots.plot_probe_curves(p, probes[p], self.out / f"{p}_curves.png", metric)))

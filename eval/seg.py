@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -81,10 +81,10 @@ def seg_probe(train_dense: Tensor, train_masks: Tensor, val_dense: Tensor, val_m
     """
     if (train_masks != IGNORE).sum() == 0 or (val_masks != IGNORE).sum() == 0:
         raise ValueError("segmentation probe: every training or validation pixel is ignored")
-    size = tuple(val_masks.shape[-2:])
-    grid = train_dense.shape[-2:]
-    if train_label_scale and train_masks.shape[-1] > train_label_scale * grid[-1]:
-        small = (train_label_scale * grid[0], train_label_scale * grid[1])
+    size = cast("tuple[int, int]", tuple(val_masks.shape[-2:]))
+    patches = train_dense.shape[-2:]
+    if train_label_scale and train_masks.shape[-1] > train_label_scale * patches[-1]:
+        small = (train_label_scale * patches[0], train_label_scale * patches[1])
         train_masks = F.interpolate(train_masks[:, None].float(), size=small, mode="nearest-exact")[:, 0].long()
     heads, names = [], []
     with torch.random.fork_rng(devices=[]):

@@ -87,7 +87,7 @@ class ShardSplit(Split):
             if masks:
                 if self.seg is None:
                     raise DatasetError(f"{self.root}: info.json has no 'seg_classes'; cannot score masks")
-                mask = s.mask.astype(np.int64)
+                mask = s.mask.astype(np.int64)  # type: ignore[union-attr]  # need_mask=masks
                 if mask.ndim == 3:
                     raise DatasetError(f"{where}: seg.png must be a single-channel index PNG")
                 if self.seg_ignore is not None:

@@ -110,7 +110,7 @@ def build_lm(spec: str, train: Sequence[Conversation], cfg: VLMConfig):
 class VLMProbe(nn.Module):
     """Projector + LM over cached vision tokens. vision tokens: (T, C) per image; LM embedding width D."""
 
-    def __init__(self, vision_dim: int, lm: nn.Module, pre_norm: bool = True) -> None:
+    def __init__(self, vision_dim: int, lm: Any, pre_norm: bool = True) -> None:  # a transformers causal LM
         super().__init__()
         dim = lm.get_input_embeddings().embedding_dim
         self.norm = nn.LayerNorm(vision_dim, elementwise_affine=False) if pre_norm else nn.Identity()
@@ -247,8 +247,8 @@ def evaluate(probe, builder, convs: Sequence[Conversation], image_index: dict[Pa
     preds = answer(probe, builder, prompts, feats, cfg)
     hits = [normalize_answer(p) == normalize_answer(g) for p, g in zip(preds, golds)]
     per_q: dict[str, list[bool]] = {}
-    for k, h in zip(keys, hits):
-        per_q.setdefault(k, []).append(h)
+    for key, h in zip(keys, hits):
+        per_q.setdefault(key, []).append(h)
     res = {"exact_match": sum(hits) / len(hits), "num_questions": len(hits),
            "examples": [{"question": q[0][-1][0], "gold": g, "prediction": p}
                         for q, g, p in list(zip(prompts, golds, preds))[:8]]}
@@ -266,7 +266,7 @@ def majority_baseline(train: Sequence[Conversation], val: Sequence[Conversation]
             k = question_key(q)
             hits.setdefault(k, []).append(per_q.get(k, overall) == normalize_answer(a))
     flat = [h for v in hits.values() for h in v]
-    out = {"exact_match": sum(flat) / len(flat)}
+    out: dict[str, Any] = {"exact_match": sum(flat) / len(flat)}
     if len(hits) <= 20:
         out["per_question"] = {k: sum(v) / len(v) for k, v in hits.items()}
     return out
@@ -298,10 +298,11 @@ def vlm_probe(encoder: Encoder, train: Sequence[Conversation], val: Sequence[Con
     curves = {"stage1": _train(probe, items, feats, list(probe.projector.parameters()), cfg.stage1_lr,
                                cfg.stage1_epochs, cfg, device, progress)}
     result: dict[str, Any] = {"stage1": evaluate(probe, builder, val, index, feats, cfg)}
-    if cfg.stage2_epochs > 0:
+    if cfg.stage2_epochs > 0:  # type: ignore[operator]  # resolve_config set stage2_epochs and stage2_lr
         lm.requires_grad_(True)
         curves["stage2"] = _train(probe, items, feats, [p for p in probe.parameters() if p.requires_grad],
-                                  cfg.stage2_lr, cfg.stage2_epochs, cfg, device, progress)
+                                  cfg.stage2_lr, cfg.stage2_epochs,  # type: ignore[arg-type]
+                                  cfg, device, progress)
         result["stage2"] = evaluate(probe, builder, val, index, feats, cfg)
     final = result.get("stage2", result["stage1"])
     blind = majority_baseline(train, val)

@@ -20,7 +20,7 @@ from torch import Tensor
 TEXT_TEACHERS = ("clip", "siglip")
 
 
-def templates_named(name: str) -> list[str | Callable[[str], str]]:
+def templates_named(name: str) -> Sequence[str | Callable[[str], str]]:
     """`simple` (open_clip's 7 ImageNet templates), `openai` (CLIP's 80), or a text file, one template per line
     with `{}` where the class name goes."""
     from open_clip import zero_shot_metadata as meta

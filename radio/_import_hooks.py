@@ -46,7 +46,7 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
             inner(module)
             _import_integration(integration, library)
 
-        spec.loader.exec_module = exec_module  # this spec's own loader instance only
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  # this spec's own loader only
         return spec
 
 

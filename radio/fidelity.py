@@ -37,10 +37,17 @@ class FidelityMetric(Metric):
 
     full_state_update = False
     higher_is_better = True
+    sse: Tensor
+    vectors: Tensor
+    t_sum: Tensor
+    t_sq: Tensor
+    cos_sum: Tensor
+    s_cos_sum: Tensor
+    s_count: Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        f64 = dict(dtype=torch.float64)
+        f64: dict[str, Any] = dict(dtype=torch.float64)
         self.add_state("sse", torch.zeros((), **f64), dist_reduce_fx="sum")
         self.add_state("vectors", torch.zeros((), **f64), dist_reduce_fx="sum")
         self.add_state("t_sum", torch.zeros(dim, **f64), dist_reduce_fx="sum")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,8 @@ def plan_mosaic(grid: tuple[int, int], patch: int, canvas: tuple[int, int]) -> M
     if k[0] * k[1] < 2:
         return None
     cell = (cg[0] // k[0] * patch, cg[1] // k[1] * patch)
-    return MosaicPlan(tiles=k, tile=(grid[0] * patch, grid[1] * patch), cell=cell, canvas=tuple(canvas),
+    return MosaicPlan(tiles=k, tile=(grid[0] * patch, grid[1] * patch), cell=cell,
+                      canvas=cast("tuple[int, int]", tuple(canvas)),
                       patch=patch)
 
 

@@ -43,11 +43,14 @@ def _hub_file(label: str, model_name: str, how: str) -> str | None:
                 return hf_hub_download(repo, filename, library_name="timm")
             except Exception as e:  # EntryNotFound -> next name; offline / network -> reported below
                 last = e
-    raise weights_error(label, f"timm hub model {model_name} (Hugging Face repo {repo})", how, last)
+    raise weights_error(label, f"timm hub model {model_name} (Hugging Face repo {repo})", how,
+                        last)  # type: ignore[arg-type]  # set: names is never empty
 
 
 class TimmDINOv2Teacher(Teacher):
     """Wraps a timm VisionTransformer; `arch` overrides timm.create_model's keyword arguments."""
+
+    model: Any  # a timm VisionTransformer (timm.create_model returns an nn.Module)
 
     def __init__(self, model_name: str, pretrained: Any, arch: dict | None = None,
                  input_size: int | None = None, label: str = "dino_v2") -> None:

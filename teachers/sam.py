@@ -138,7 +138,7 @@ class SAMTeacher(Teacher):
         self.feature_source = features
         self.patch_size = int(kwargs["patch_size"])
         self.input_size = int(self.model.img_size)
-        self.mean, self.std = _sam_pixel_stats()
+        self.mean, self.std = _sam_pixel_stats()  # type: ignore[assignment]  # three values each
         self.summary_dim = 0
         self.feature_dim = int(kwargs["out_chans"] if features == "neck" else kwargs["embed_dim"])
         self.dynamic_resolution = False

@@ -4,7 +4,7 @@ boxes. Summary targets follow `data.cache.summary` (the package overview, radio.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -72,7 +72,8 @@ class CachedViews:
         for n in names:
             summ = [it.summaries[n] for it in items]
             has = self.layout.teachers[n].has_summary and len(items) > 0
-            cached[n] = CachedTargets(torch.stack(summ) if has else None, [it.features[n] for it in items], valid)
+            cached[n] = CachedTargets(torch.stack(cast("list[Tensor]", summ)) if has else None,
+                                      [it.features[n] for it in items], valid)
         crop = torch.tensor([[v.top, v.left, v.height, v.width, int(v.flip), int(v.whole)] for v in views],
                             dtype=torch.long).reshape(-1, 6)
         image = (torch.stack([it.image for it in items]) if items

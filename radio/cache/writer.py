@@ -128,7 +128,8 @@ def cache_teacher(teacher: Teacher, shards: str, out: str | Path, resolution: tu
         "teacher": teacher.describe(),
         "spec": dataclasses.asdict(spec) if spec is not None else None,
         "resolution": list(resolution), "patch_size": teacher.patch_size,
-        "grid": shapes.get("features", [None, None, None])[1:], "region": region._asdict(),
+        "grid": shapes.get("features", [None, None, None])[1:],  # type: ignore[index]  # never None
+        "region": region._asdict(),
         "features_shape": shapes.get("features"), "summary_shape": shapes.get("summary"),
         "dtype": dtype, "count": n, "skipped": errors.total, "skipped_examples": errors.examples,
         "skipped_keys": skipped_keys,

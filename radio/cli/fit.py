@@ -79,8 +79,8 @@ class RadioCLI(LightningCLI):
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, RadioCheckpoint):
                 cb._ensure_dirpath(trainer)
-            if getattr(cb, "dirpath", None):
-                dirs.append(("the checkpoint directory", cb.dirpath))
+            if dirpath := getattr(cb, "dirpath", None):
+                dirs.append(("the checkpoint directory", dirpath))
         for lg in trainer.loggers:
             d = getattr(lg, "root_dir", None) or lg.save_dir
             if d:

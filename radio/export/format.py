@@ -114,7 +114,7 @@ def parse_export_config(raw: Any, source: str) -> ModelConfig:
     except (ValueError, TypeError) as e:
         raise ExportError(str(e)) from e
     s = config.student
-    derived = {"resolution_step": (raw.get("resolution_step"), s.patch_size),
+    derived: dict[str, tuple[Any, Any]] = {"resolution_step": (raw.get("resolution_step"), s.patch_size),
                "defaults.num_tokens": (budget, config.tome.num_tokens)}
     pre = raw.get("preprocessing") or {}
     for key, value in (("mean", list(s.mean)), ("std", list(s.std)), ("resolution_step", s.patch_size),

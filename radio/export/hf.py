@@ -107,15 +107,16 @@ class RADIOStudentModel(PreTrainedModel):
             verify_weights(info, verify)
             with torch.device("meta"):
                 check_weights_header(info, build_model(info.config, repr(str(local / CONFIG_NAME))))
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                               **kwargs)
-        problems = {k: sorted(v)[:5] for k, v in info.items()
+        model, loading = loaded
+        problems = {k: sorted(v)[:5] for k, v in loading.items()
                     if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise ExportError(f"{pretrained_model_name_or_path}: weights do not match the config: {problems}")
         check_finite(model.model.state_dict(), f"{pretrained_model_name_or_path}")
         model.eval()
-        return (model, info) if want_info else model
+        return (model, loading) if want_info else model
 
 
 def save_hf(model: RADIOModel, out: str | Path, radio_config: dict[str, Any]) -> Path:

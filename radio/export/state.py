@@ -38,6 +38,7 @@ def restore_derived_buffers(model: RADIOModel) -> None:
     from radio.normalize import Normalizer
 
     s = model.config.student
+    derived: list[tuple[torch.nn.Module, dict[str, torch.Tensor]]]
     derived = [(model, {"input_mean": torch.tensor(s.mean, dtype=torch.float32).view(1, 3, 1, 1),
                         "input_std": torch.tensor(s.std, dtype=torch.float32).view(1, 3, 1, 1)})]
     for norm in model.normalizers.values():

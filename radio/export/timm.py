@@ -117,5 +117,6 @@ def radio_student(pretrained: bool = False, radio_config: Any = None, **kwargs: 
     return build_model_with_cfg(
         lambda **_: RADIOStudent(student, num_summary_tokens=num_summary), ENTRYPOINT, pretrained,
         pretrained_cfg_overlay=overlay, pretrained_filter_fn=_backbone_state,
-        kwargs_filter=("num_classes", "global_pool", "in_chans"), **timm_kwargs)
+        kwargs_filter=("num_classes", "global_pool", "in_chans"),  # type: ignore[arg-type]  # timm: 1-tuple
+        **timm_kwargs)
 

@@ -73,6 +73,8 @@ class MergingBlock(Block):
     Build it through timm with `block_fn=MergingBlock, attn_layer=MergingAttention`.
     """
 
+    attn: MergingAttention
+
     def forward_merging(self, x: Tensor, size: Tensor | None, r: int, protected: int) -> MergeStep:
         """Attention (proportional to `size`), merge r tokens (the first `protected` never merge), MLP.
 
