@@ -173,6 +173,7 @@ def _rank(rank: int, world: int, port: int, chunks, queue) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_statistics_are_all_reduced_across_ranks():
     import socket
 

@@ -137,6 +137,7 @@ def test_a_local_transformers_lm_loads_by_path_and_learns(tmp_path, synth_dir):
         build_lm(str(tmp_path / "nowhere"), convs, VLMConfig())
 
 
+@pytest.mark.slow
 def test_vlm_on_synth_beats_the_blind_baseline_and_ranks_label_features_above_noise(synth_dir, tmp_path):
     vlm = VLMConfig(stage2_epochs=8, stage2_lr=3e-3, batch_size=32)
     opts = EvalOptions(resolution=64, progress=False, vlm=vlm, pca_images=0)

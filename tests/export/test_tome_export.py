@@ -3,6 +3,7 @@ exports' budget, and the ONNX graph with in-network merging."""
 import json
 import math
 
+import pytest
 import torch
 
 from radio.cli.fit import run_fit
@@ -60,6 +61,7 @@ def test_an_export_from_before_tome_keeps_its_budget(tmp_path):
     assert model(torch.rand(1, 3, 40, 48)).features.shape == (1, 12, 32)
 
 
+@pytest.mark.slow
 def test_onnx_graph_carries_in_network_merging(tmp_path):
     model = _tiny_model()
     x = torch.rand(2, 3, 64, 48)

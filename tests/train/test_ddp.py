@@ -3,6 +3,7 @@ with the same global batch: same batches, same losses, same weights; every sampl
 checkpoint taken while the normalizers were still estimating resumes on one process to the same end."""
 import json
 
+import pytest
 import yaml
 
 from tests.helpers import tiny_recipe, write_recipe
@@ -26,6 +27,7 @@ def _recipe(synth_dir, root, devices, steps=STEPS):
     return write_recipe(r, root / "recipe.yaml")
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_match_one_process(synth_dir, tmp_path):
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
     for d in (one, two, resumed):

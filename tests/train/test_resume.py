@@ -29,6 +29,7 @@ def _recipe(synth_dir, root, workers):
     return write_recipe(r, root / "recipe.yaml")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(synth_dir, tmp_path):
     ref_root, cut_root = tmp_path / "reference", tmp_path / "killed"
     ref_root.mkdir(), cut_root.mkdir()
