@@ -43,7 +43,6 @@ def register_teacher(name: str, code_running_options: Sequence[str] = ()) -> Cal
 
 
 def available() -> list[str]:
-    _load_families()
     return TEACHERS.names()
 
 
@@ -68,7 +67,6 @@ def build(name_or_config: Union[str, TeacherSpec, dict[str, Any]], **overrides: 
 
     Example: `teachers.build("dino_v2", pretrained=False, arch={"embed_dim": 64, "depth": 2, "num_heads": 2})`.
     """
-    _load_families()
     spec = as_spec(name_or_config, **overrides)
     builder = TEACHERS.get(spec.name)
     with torch.random.fork_rng(devices=[]):
@@ -91,7 +89,6 @@ def untrusted_spec(spec: Union[TeacherSpec, dict[str, Any]], source: str) -> Tea
     Args:
         source: where the spec was read, for the error (e.g. `EXPORT/config.json: provenance.teacher_specs[2]`).
     """
-    _load_families()
     try:
         spec = as_spec(spec)
     except (TypeError, ValueError) as e:
@@ -113,15 +110,3 @@ def untrusted_spec(spec: Union[TeacherSpec, dict[str, Any]], source: str) -> Tea
     if not risky:
         return spec
     return dataclasses.replace(spec, options={**options, **{k: False for k in risky}})
-
-
-_LOADED = False
-
-
-def _load_families() -> None:
-    """Import the adapters so they register themselves (their libraries are imported lazily inside)."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    from teachers import dinov2, hf, open_clip, sam  # noqa: F401
