@@ -1,11 +1,12 @@
 # Two entry points on a fresh clone: `make demo` and `make test`. Both create .venv when it is missing.
+# `make test-fast` leaves out the tests marked slow; `make lint` runs ruff and mypy (configured in pyproject.toml).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.radio-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast lint venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +21,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf runs .pytest_cache

@@ -85,7 +85,7 @@ def main() -> None:
     print("size      pytorch_s  onnxruntime_s  max_abs_diff  largest_output")
     for size, t_pt, t_ort, diff, scale in rows:
         print(f"{size:<9} {t_pt:9.3f}  {t_ort:13.3f}  {diff:12.2e}  {scale:14.3g}")
-    print("ratios: checksum overhead of radio.load x{:.2f}; ".format(t_load / t_load_nv)
+    print(f"ratios: checksum overhead of radio.load x{t_load / t_load_nv:.2f}; "
           + "; ".join(f"onnxruntime/pytorch latency at {s} x{t_ort / t_pt:.2f}"
                       for s, t_pt, t_ort, _, _ in rows))
 

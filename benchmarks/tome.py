@@ -24,7 +24,6 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -36,7 +35,7 @@ from radio.tome import merge_schedule, merge_wavg, tokens_per_layer
 class Case:
     r: int = 0
     schedule: str = "constant"
-    num_tokens: Optional[int] = None
+    num_tokens: int | None = None
 
     @property
     def label(self) -> str:
@@ -218,7 +217,7 @@ def fidelity_table(student_dir: Path, cases: list[Case], count: int) -> list[dic
     return rows
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", type=Path, default=None,
                     help="export of a distilled student for part 2 (default: train the tiny one, cached in --out)")

@@ -18,8 +18,8 @@ every public name is importable from here.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -74,7 +74,7 @@ def _images_in(directory: Path) -> list[Path]:
 class ImageFolderSplit(Split):
     layout = "imagefolder"
 
-    def __init__(self, root: Path, name: str, class_names: Optional[list[str]] = None) -> None:
+    def __init__(self, root: Path, name: str, class_names: list[str] | None = None) -> None:
         directory = Path(root) / name
         if not directory.is_dir():
             raise DatasetError(f"{directory}: split directory is missing (ImageFolder layout: "
@@ -104,8 +104,9 @@ class ADE20KSplit(Split):
     """ADEChallengeData2016 layout. Stored value 0 ("other") is ignored; value c in 1..K becomes class c - 1."""
 
     layout = "ade20k"
+    seg: SegInfo
 
-    def __init__(self, root: Path, name: str, num_classes: int = 150, class_names: Optional[list[str]] = None):
+    def __init__(self, root: Path, name: str, num_classes: int = 150, class_names: list[str] | None = None):
         sub = ADE20K_SPLITS.get(name, name)
         img_dir, ann_dir = Path(root) / "images" / sub, Path(root) / "annotations" / sub
         for d in (img_dir, ann_dir):
@@ -136,7 +137,7 @@ class ADE20KSplit(Split):
             yield Record(img_path.stem, image, mask=mask, source=str(img_path))
 
 
-def ade20k_class_names(root: Path) -> Optional[list[str]]:
+def ade20k_class_names(root: Path) -> list[str] | None:
     """Class names from objectInfo150.csv / objectInfo150.txt when the dataset ships one."""
     for name in ("objectInfo150.csv", "objectInfo150.txt"):
         f = Path(root) / name
@@ -152,6 +153,7 @@ class VOCSplit(Split):
     """VOC2012 segmentation layout; classes 0..20 (0 = background is a class), 255 = ignored boundary."""
 
     layout = "voc"
+    seg: SegInfo
 
     def __init__(self, root: Path, name: str) -> None:
         root = Path(root)
@@ -206,8 +208,8 @@ def detect_layout(root: Path) -> str:
         f"ImageSets/)")
 
 
-def open_dataset(root: str | Path, layout: Optional[str] = None, num_classes: Optional[int] = None,
-                 label_fields: Optional[tuple[str, ...]] = None) -> Dataset:
+def open_dataset(root: str | Path, layout: str | None = None, num_classes: int | None = None,
+                 label_fields: tuple[str, ...] | None = None) -> Dataset:
     """Open the train and val splits of a dataset (see module docstring); validates structure up front."""
     root = Path(root)
     if (root / "VOCdevkit" / "VOC2012").is_dir():
@@ -215,6 +217,8 @@ def open_dataset(root: str | Path, layout: Optional[str] = None, num_classes: Op
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown dataset layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    train: Split
+    val: Split
     if layout == "imagefolder":
         train = ImageFolderSplit(root, "train")
         val = ImageFolderSplit(root, "val", train.classes["label"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -49,7 +49,7 @@ class Encoder:
     def encode_tokens(self, images: Tensor) -> Tensor:
         return self.encode(images)[1].flatten(2).transpose(1, 2)
 
-    def to(self, device) -> "Encoder":
+    def to(self, device) -> Encoder:
         raise NotImplementedError
 
 
@@ -62,11 +62,11 @@ class StudentEncoder(Encoder):
 
     kind = "student"
 
-    def __init__(self, model, name: str = "student", num_tokens: Optional[int] = None,
-                 source: Optional[str] = None) -> None:
+    def __init__(self, model, name: str = "student", num_tokens: int | None = None,
+                 source: str | None = None) -> None:
         self.model, self.name = model.eval(), name
         self.source = source or f"the provenance of {name!r}"  # the file the provenance was read from
-        self.num_tokens = None
+        self.num_tokens: int | None = None
         if num_tokens is not None:
             self.set_num_tokens(num_tokens)
 
@@ -100,7 +100,7 @@ class StudentEncoder(Encoder):
             return self.model(images).features
         return self.model(images, num_tokens=self.num_tokens).features
 
-    def to(self, device) -> "StudentEncoder":
+    def to(self, device) -> StudentEncoder:
         self.model.to(device)
         return self
 
@@ -127,7 +127,7 @@ class AdaptorEncoder(StudentEncoder):
 class TeacherEncoder(Encoder):
     kind = "teacher"
 
-    def __init__(self, teacher: teacher_lib.Teacher, name: Optional[str] = None) -> None:
+    def __init__(self, teacher: teacher_lib.Teacher, name: str | None = None) -> None:
         self.teacher, self.name = teacher, name or teacher.name
 
     def input_size(self, requested: int) -> int:
@@ -140,7 +140,7 @@ class TeacherEncoder(Encoder):
         summary = out.summary if out.summary is not None else out.features.mean(dim=(2, 3))
         return summary, out.features
 
-    def to(self, device) -> "TeacherEncoder":
+    def to(self, device) -> TeacherEncoder:
         self.teacher.to(device)
         return self
 
@@ -196,7 +196,7 @@ def recorded_teacher(export_dir: str | Path, name: str) -> teacher_lib.TeacherSp
     return checked_recorded_spec(export_provenance(export_dir), name, provenance_file(export_dir))
 
 
-def load_encoder(spec: Union[str, dict, teacher_lib.TeacherSpec], name: Optional[str] = None) -> Encoder:
+def load_encoder(spec: str | dict | teacher_lib.TeacherSpec, name: str | None = None) -> Encoder:
     """Resolve a model spec (see module docstring) to an Encoder."""
     if isinstance(spec, (dict, teacher_lib.TeacherSpec)):
         t = teacher_lib.build(spec)
@@ -231,8 +231,8 @@ class FeatureBank:
     pooled: Tensor
     labels: dict[str, Tensor]
     keys: list[str]
-    dense: Optional[Tensor] = None
-    masks: Optional[Tensor] = None
+    dense: Tensor | None = None
+    masks: Tensor | None = None
     skipped: int = 0
 
     def __len__(self) -> int:
@@ -248,9 +248,9 @@ def mask_transform(size: int):
 
 
 @torch.no_grad()
-def extract_split(encoder: Encoder, split: "Split", resolution: int, batch_size: int = 64, dense: bool = False,
-                  masks: bool = False, mask_size: Optional[int] = None, limit: Optional[int] = None,
-                  progress: bool = True, device: Union[str, torch.device] = "cpu") -> FeatureBank:
+def extract_split(encoder: Encoder, split: Split, resolution: int, batch_size: int = 64, dense: bool = False,
+                  masks: bool = False, mask_size: int | None = None, limit: int | None = None,
+                  progress: bool = True, device: str | torch.device = "cpu") -> FeatureBank:
     """Encode every sample of `split` (resized and centre-cropped to the encoder's input size).
 
     Args:

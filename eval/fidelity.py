@@ -13,8 +13,9 @@ References: RADIOv2.5 (Heinrich et al., 2024), mode switching across resolutions
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image

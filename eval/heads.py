@@ -10,8 +10,8 @@ References: DINOv2 (Oquab et al., 2023), `dinov2/eval/linear.py` (a grid of line
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn

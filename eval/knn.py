@@ -5,7 +5,7 @@ k = 20, T = 0.07 by default (DINO protocol, as in the RADIO papers).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import Tensor
 
 
 def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int = 20, temperature: float = 0.07,
-                num_classes: Optional[int] = None, chunk: int = 1024) -> Tensor:
+                num_classes: int | None = None, chunk: int = 1024) -> Tensor:
     """Predicted class per test row. train_x: (N, C), train_y: (N,) int64, test_x: (M, C)."""
     if train_x.shape[0] != train_y.shape[0]:
         raise ValueError(f"{train_x.shape[0]} training features but {train_y.shape[0]} labels")

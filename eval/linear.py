@@ -8,7 +8,8 @@ References: DINOv2 (Oquab et al., 2023) linear evaluation; AM-RADIO / RADIOv2.5 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

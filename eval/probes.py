@@ -6,7 +6,7 @@ with the reason; a probe that cannot run on the data at all is found by `data_su
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -20,7 +20,7 @@ class ProbeSkipped(Exception):
     """This probe does not apply to this model; the message says why (it goes into the report's notes)."""
 
 
-def data_support(probe: str, ds: Optional[Dataset], opts: EvalOptions) -> Optional[str]:
+def data_support(probe: str, ds: Dataset | None, opts: EvalOptions) -> str | None:
     """None when `probe` can run on the data, else the reason it cannot."""
     if probe in ("knn", "linear", "zeroshot"):
         if ds is None or not ds.classes:
@@ -43,7 +43,8 @@ def is_synth(ds: Dataset) -> bool:
 
 
 def features(enc: Encoder, ds: Dataset, opts: EvalOptions, dense: bool) -> tuple[FeatureBank, FeatureBank]:
-    kw = dict(dense=dense, masks=dense, limit=opts.limit, progress=opts.progress, device=opts.device)
+    kw: dict[str, Any] = dict(dense=dense, masks=dense, limit=opts.limit, progress=opts.progress,
+                              device=opts.device)
     return (extract_split(enc, ds.train, opts.resolution, opts.batch_size, **kw),
             extract_split(enc, ds.val, opts.resolution, opts.batch_size, **kw))
 
@@ -63,7 +64,9 @@ def linear(tr: FeatureBank, te: FeatureBank, opts: EvalOptions) -> dict[str, Any
 def seg(tr: FeatureBank, te: FeatureBank, ds: Dataset, opts: EvalOptions) -> dict[str, Any]:
     from eval.seg import seg_probe
 
-    return {"masks": seg_probe(tr.dense, tr.masks, te.dense, te.masks, ds.seg.num_classes, ds.seg.classes,
+    # dense banks with masks of a segmentation dataset (features(dense=True); data_support checks ds.seg)
+    return {"masks": seg_probe(tr.dense, tr.masks, te.dense, te.masks,  # type: ignore[arg-type]
+                               ds.seg.num_classes, ds.seg.classes,  # type: ignore[union-attr]
                                lrs=opts.seg_lrs, epochs=opts.seg_epochs, device=opts.device)}
 
 
@@ -90,7 +93,7 @@ def _text_teacher(enc: Encoder, opts: EvalOptions) -> tuple[Encoder, Any]:
     return AdaptorEncoder(enc, adaptor), teacher_lib.build(enc.recorded_teacher(adaptor))
 
 
-def zeroshot(enc: Encoder, ds: Dataset, te: Optional[FeatureBank], opts: EvalOptions) -> dict[str, Any]:
+def zeroshot(enc: Encoder, ds: Dataset, te: FeatureBank | None, opts: EvalOptions) -> dict[str, Any]:
     from eval.zeroshot import readable_classnames, templates_named, text_classifier, zeroshot_eval
 
     image_enc, teacher = _text_teacher(enc, opts)
@@ -132,7 +135,7 @@ def fidelity(enc: Encoder, ds: Dataset, opts: EvalOptions) -> dict[str, Any]:
                           device=opts.device, progress=opts.progress)
 
 
-def vlm_conversations(ds: Optional[Dataset], opts: EvalOptions, out: Path):
+def vlm_conversations(ds: Dataset | None, opts: EvalOptions, out: Path):
     """(train, val) LLaVA conversations: from --vlm-data, or generated from synth shards into OUT/vlm_data."""
     from eval.vlm_data import read_llava_json, write_synth_vqa
 
@@ -141,8 +144,9 @@ def vlm_conversations(ds: Optional[Dataset], opts: EvalOptions, out: Path):
         return read_llava_json(root / "train.json"), read_llava_json(root / "val.json")
     qa_dir = out / "vlm_data"
     limit = opts.vlm_limit or None
-    return (read_llava_json(write_synth_vqa(ds.train, qa_dir, limit=limit)),
-            read_llava_json(write_synth_vqa(ds.val, qa_dir, limit=limit)))
+    # without --vlm-data, ds is synth shards (data_support)
+    return (read_llava_json(write_synth_vqa(ds.train, qa_dir, limit=limit)),  # type: ignore[union-attr]
+            read_llava_json(write_synth_vqa(ds.val, qa_dir, limit=limit)))  # type: ignore[union-attr]
 
 
 def vlm(enc: Encoder, conversations, opts: EvalOptions) -> dict[str, Any]:

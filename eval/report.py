@@ -5,7 +5,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 def _fmt(v: Any) -> str:
@@ -30,7 +30,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path,
-                         prefixes: tuple[str, ...] = ("train/", "val/")) -> Optional[Path]:
+                         prefixes: tuple[str, ...] = ("train/", "val/")) -> Path | None:
     """Plot the total loss and per-teacher loss terms over steps; returns the PNG path (None if no data)."""
     import matplotlib
 
@@ -163,7 +163,7 @@ def student_vs_teachers(report: dict[str, Any]) -> list[str]:
             s_scores = [headline(per_model.get(s, {}).get(t))[1] for s in students]
             if not t_scores or not isinstance(s_scores[0], float):
                 continue
-            best = max(t_scores, key=t_scores.get)
+            best = max(t_scores, key=lambda m: t_scores[m])
             lines.append(f"| {probe} | {t} | " + " | ".join(_fmt(v) for v in s_scores) +
                          f" | {best} {_fmt(t_scores[best])} | {s_scores[0] - t_scores[best]:+.4f} |")
             rows += 1

@@ -9,15 +9,23 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
 from eval import probes as P
 from eval.datasets import Dataset, DatasetError, open_dataset
-from eval.features import (Encoder, FeatureBank, describe, load_encoder, provenance_file, recorded_teacher,
-                           recorded_teacher_names)
+from eval.features import (
+    Encoder,
+    FeatureBank,
+    describe,
+    load_encoder,
+    provenance_file,
+    recorded_teacher,
+    recorded_teacher_names,
+)
 from eval.knn import knn_eval
 from eval.options import EvalOptions
 from eval.report import write_report
@@ -39,8 +47,8 @@ def knn_tasks(tr: FeatureBank, te: FeatureBank, k: int, temperature: float) -> d
 class Evaluation:
     """One report: models x probes on one dataset (see module docstring)."""
 
-    def __init__(self, probes: Sequence[str], models: Sequence[Union[str, dict]], data: str, out: str | Path,
-                 opts: Optional[EvalOptions] = None, names: Optional[Sequence[str]] = None,
+    def __init__(self, probes: Sequence[str], models: Sequence[str | dict], data: str, out: str | Path,
+                 opts: EvalOptions | None = None, names: Sequence[str] | None = None,
                  encoders: Sequence[Encoder] = (), explicit: bool = True) -> None:
         unknown = [p for p in probes if p not in PROBES]
         if unknown:
@@ -53,7 +61,7 @@ class Evaluation:
         self.report: dict[str, Any] = {"title": "radio eval", "models": {}, "probes": {}, "plots": [], "notes": [],
                                        "timing_s": {}}
         self.pca: dict[str, torch.Tensor] = {}
-        self.pca_images: Optional[torch.Tensor] = None
+        self.pca_images: torch.Tensor | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -81,8 +89,8 @@ class Evaluation:
                 recorded_teacher(*s.rsplit("::", 1))
         seen: set[str] = set()
         lazy = [lambda e=e: e for e in self.given]
-        lazy += [lambda i=i, s=s: load_encoder(s, self.names[i] if i < len(self.names) else None)
-                 for i, s in enumerate(specs)]
+        lazy += [lambda i=i, s=s: load_encoder(  # type: ignore[misc]
+                     s, self.names[i] if i < len(self.names) else None) for i, s in enumerate(specs)]
         for make in lazy:
             enc = make()
             base, n = enc.name, 1
@@ -105,7 +113,7 @@ class Evaluation:
     def measure(self) -> dict[str, Any]:
         """Run every probe on every model and write the plots; returns the report (not written)."""
         o = self.opts
-        ds: Optional[Dataset] = None
+        ds: Dataset | None = None
         if set(self.probes) - {"vlm"} or not o.vlm_data:
             ds = open_dataset(self.data, o.layout, o.num_classes, o.label_fields)
             self.report["data"] = {"root": str(ds.root), "layout": ds.layout, "resolution": o.resolution,
@@ -132,17 +140,22 @@ class Evaluation:
             self.note(SYNTH_NOTE)
         return self.report
 
-    def run_model(self, enc: Encoder, ds: Optional[Dataset], probes: list[str], conversations) -> None:
+    def run_model(self, enc: Encoder, ds: Dataset | None, probes: list[str], conversations) -> None:
         o = self.opts
+        # data_support checked the data for every probe: ds is set for those that read it, tr and te (the
+        # feature banks) for knn, linear and seg
         tr = te = None
         if {"knn", "linear", "seg"} & set(probes):
             t0 = time.perf_counter()
-            tr, te = P.features(enc, ds, o, dense="seg" in probes)
+            tr, te = P.features(enc, ds, o, dense="seg" in probes)  # type: ignore[arg-type]
             self.report["timing_s"].setdefault(enc.name, {})["features"] = round(time.perf_counter() - t0, 2)
             self.report["models"][enc.name]["skipped_samples"] = tr.skipped + te.skipped
-        steps = {"knn": lambda: knn_tasks(tr, te, o.k, o.temperature), "linear": lambda: P.linear(tr, te, o),
-                 "seg": lambda: P.seg(tr, te, ds, o), "zeroshot": lambda: P.zeroshot(enc, ds, te, o),
-                 "fidelity": lambda: P.fidelity(enc, ds, o), "vlm": lambda: P.vlm(enc, conversations, o)}
+        steps = {"knn": lambda: knn_tasks(tr, te, o.k, o.temperature),  # type: ignore[arg-type]
+                 "linear": lambda: P.linear(tr, te, o),  # type: ignore[arg-type]
+                 "seg": lambda: P.seg(tr, te, ds, o),  # type: ignore[arg-type]
+                 "zeroshot": lambda: P.zeroshot(enc, ds, te, o),  # type: ignore[arg-type]
+                 "fidelity": lambda: P.fidelity(enc, ds, o),  # type: ignore[arg-type]
+                 "vlm": lambda: P.vlm(enc, conversations, o)}
         for p in probes:
             t0 = time.perf_counter()
             try:
@@ -164,7 +177,8 @@ class Evaluation:
         if "fidelity" in probes:
             plots_out.append(str(plot_sweeps(probes["fidelity"], self.out / "fidelity_vs_resolution.png")))
         if self.pca:
-            plots_out.append(str(plots.plot_pca(self.pca_images, self.pca, self.out / "pca_features.png")))
+            plots_out.append(str(plots.plot_pca(self.pca_images,  # type: ignore[arg-type]  # set with pca
+                                                self.pca, self.out / "pca_features.png")))
         for p, metric in (("linear", "top1"), ("seg", "mIoU")):
             if p in probes:
                 plots_out.append(str(plots.plot_probe_curves(p, probes[p], self.out / f"{p}_curves.png", metric)))
@@ -198,8 +212,8 @@ def protocol_notes(probes: Sequence[str], o: EvalOptions) -> list[str]:
     return [text[p] for p in probes if p in text]
 
 
-def run_eval(probes: Sequence[str], models: Sequence[Union[str, dict]], data: str, out: str | Path,
-             opts: Optional[EvalOptions] = None, names: Optional[Sequence[str]] = None,
+def run_eval(probes: Sequence[str], models: Sequence[str | dict], data: str, out: str | Path,
+             opts: EvalOptions | None = None, names: Sequence[str] | None = None,
              encoders: Sequence[Encoder] = ()) -> dict[str, Any]:
     """Run `probes` ("all" expands to every probe the data allows) on `models` and extra `encoders`; writes the
     report into `out` and returns it."""

@@ -10,7 +10,8 @@ References: DINOv2 (Oquab et al., 2023) linear segmentation probe; RADIOv2.5 ADE
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +68,8 @@ def predict(head: nn.Module, dense: Tensor, size: tuple[int, int], chunk: int = 
 
 
 def seg_probe(train_dense: Tensor, train_masks: Tensor, val_dense: Tensor, val_masks: Tensor, num_classes: int,
-              class_names: Optional[Sequence[str]] = None, lrs: Sequence[float] = DEFAULT_LRS, epochs: int = 20,
-              batch_size: int = 16, seed: int = 0, train_label_scale: Optional[int] = 4,
+              class_names: Sequence[str] | None = None, lrs: Sequence[float] = DEFAULT_LRS, epochs: int = 20,
+              batch_size: int = 16, seed: int = 0, train_label_scale: int | None = 4,
               device: str = "cpu") -> dict[str, Any]:
     """mIoU of the best BN + 1x1 conv head on val.
 
@@ -80,10 +81,10 @@ def seg_probe(train_dense: Tensor, train_masks: Tensor, val_dense: Tensor, val_m
     """
     if (train_masks != IGNORE).sum() == 0 or (val_masks != IGNORE).sum() == 0:
         raise ValueError("segmentation probe: every training or validation pixel is ignored")
-    size = tuple(val_masks.shape[-2:])
-    grid = train_dense.shape[-2:]
-    if train_label_scale and train_masks.shape[-1] > train_label_scale * grid[-1]:
-        small = (train_label_scale * grid[0], train_label_scale * grid[1])
+    size = cast("tuple[int, int]", tuple(val_masks.shape[-2:]))
+    patches = train_dense.shape[-2:]
+    if train_label_scale and train_masks.shape[-1] > train_label_scale * patches[-1]:
+        small = (train_label_scale * patches[0], train_label_scale * patches[1])
         train_masks = F.interpolate(train_masks[:, None].float(), size=small, mode="nearest-exact")[:, 0].long()
     heads, names = [], []
     with torch.random.fork_rng(devices=[]):

@@ -5,15 +5,16 @@ DIR/train/*.tar, DIR/val/*.tar (+ DIR/info.json): labels from each sample's json
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
 from eval.splits import IGNORE, DatasetError, Record, SegInfo, Split, check_mask
 
 
-def read_info(root: Path, split: Optional[str] = None) -> dict[str, Any]:
+def read_info(root: Path, split: str | None = None) -> dict[str, Any]:
     """`info.json` of a shard dataset (DIR/info.json or DIR/<split>/info.json), {} when absent."""
     for f in ([Path(root) / split / "info.json"] if split else []) + [Path(root) / "info.json"]:
         if f.is_file():
@@ -42,7 +43,7 @@ class ShardSplit(Split):
 
     layout = "shards"
 
-    def __init__(self, shards: str, name: str, info: dict[str, Any], label_fields: Optional[tuple[str, ...]] = None):
+    def __init__(self, shards: str, name: str, info: dict[str, Any], label_fields: tuple[str, ...] | None = None):
         from radio.data.shards import resolve_shards
 
         try:
@@ -86,7 +87,7 @@ class ShardSplit(Split):
             if masks:
                 if self.seg is None:
                     raise DatasetError(f"{self.root}: info.json has no 'seg_classes'; cannot score masks")
-                mask = s.mask.astype(np.int64)
+                mask = s.mask.astype(np.int64)  # type: ignore[union-attr]  # need_mask=masks
                 if mask.ndim == 3:
                     raise DatasetError(f"{where}: seg.png must be a single-channel index PNG")
                 if self.seg_ignore is not None:

@@ -5,9 +5,10 @@ segmentation layouts a class-index mask (H, W) int64 in which `IGNORE` (-1) mark
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,7 +31,7 @@ class Record:
     key: str
     image: Image.Image
     labels: dict[str, int] = field(default_factory=dict)
-    mask: Optional[np.ndarray] = None
+    mask: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
@@ -51,7 +52,7 @@ class Split:
 
     layout: str = ""
 
-    def __init__(self, root: Path, name: str, classes: dict[str, list[str]], seg: Optional[SegInfo]) -> None:
+    def __init__(self, root: Path, name: str, classes: dict[str, list[str]], seg: SegInfo | None) -> None:
         self.root, self.name, self.classes, self.seg = Path(root), name, classes, seg
 
     @property
@@ -82,11 +83,11 @@ class Dataset:
         return self.train.classes
 
     @property
-    def seg(self) -> Optional[SegInfo]:
+    def seg(self) -> SegInfo | None:
         return self.train.seg
 
 
-def check_mask(mask: np.ndarray, num_classes: int, where: str, image_size: Optional[tuple[int, int]] = None) -> None:
+def check_mask(mask: np.ndarray, num_classes: int, where: str, image_size: tuple[int, int] | None = None) -> None:
     """Every value must be a class index in [0, num_classes) or IGNORE; sizes must match the image (W, H)."""
     if image_size is not None and (mask.shape[1], mask.shape[0]) != tuple(image_size):
         raise DatasetError(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "

@@ -15,16 +15,26 @@ References: LLaVA-1.5 (Liu et al., 2023); RADIOv2.5 (Heinrich et al., 2024) VLM 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from eval.features import Encoder, StudentEncoder
-from eval.vlm_data import (IGNORE_LABEL, IMAGE_TOKEN, Conversation, PromptBuilder, conversation_texts,
-                           majority_answers, normalize_answer, question_key, word_tokenizer)
+from eval.vlm_data import (
+    IGNORE_LABEL,
+    IMAGE_TOKEN,
+    Conversation,
+    PromptBuilder,
+    conversation_texts,
+    majority_answers,
+    normalize_answer,
+    question_key,
+    word_tokenizer,
+)
 
 
 @dataclass
@@ -46,11 +56,11 @@ class VLMConfig:
 
     lm: str = "tiny"
     resolution: int = 224
-    num_tokens: Optional[int] = None
+    num_tokens: int | None = None
     stage1_epochs: int = 1
     stage1_lr: float = 1e-3
-    stage2_epochs: Optional[int] = None
-    stage2_lr: Optional[float] = None
+    stage2_epochs: int | None = None
+    stage2_lr: float | None = None
     batch_size: int = 32
     warmup: float = 0.03
     pre_norm: bool = True
@@ -100,15 +110,15 @@ def build_lm(spec: str, train: Sequence[Conversation], cfg: VLMConfig):
 class VLMProbe(nn.Module):
     """Projector + LM over cached vision tokens. vision tokens: (T, C) per image; LM embedding width D."""
 
-    def __init__(self, vision_dim: int, lm: nn.Module, pre_norm: bool = True) -> None:
+    def __init__(self, vision_dim: int, lm: Any, pre_norm: bool = True) -> None:  # a transformers causal LM
         super().__init__()
         dim = lm.get_input_embeddings().embedding_dim
         self.norm = nn.LayerNorm(vision_dim, elementwise_affine=False) if pre_norm else nn.Identity()
         self.projector = nn.Sequential(nn.Linear(vision_dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.lm = lm
 
-    def embed(self, seqs: Sequence[list[int]], vision: Sequence[Tensor], labels: Optional[Sequence[list[int]]] = None,
-              pad_left: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    def embed(self, seqs: Sequence[list[int]], vision: Sequence[Tensor], labels: Sequence[list[int]] | None = None,
+              pad_left: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Splice projected vision tokens at IMAGE_TOKEN. Returns inputs_embeds (B, L, D), attention_mask (B, L)
         and labels (B, L) with IGNORE_LABEL on image tokens and padding (None when no labels were given)."""
         table = self.lm.get_input_embeddings()
@@ -149,9 +159,8 @@ class VLMProbe(nn.Module):
 def encode_images(encoder: Encoder, paths: Sequence[Path], resolution: int, batch_size: int = 32,
                   device: str | torch.device = "cpu", progress: bool = True) -> Tensor:
     """Frozen vision tokens (M, T, C) float16 of the images at `paths` (resized, centre-cropped)."""
-    from radio.data.transforms import eval_transform
-
     from eval.datasets import open_image
+    from radio.data.transforms import eval_transform
 
     tf = eval_transform(encoder.input_size(resolution))
     encoder.to(device)
@@ -238,8 +247,8 @@ def evaluate(probe, builder, convs: Sequence[Conversation], image_index: dict[Pa
     preds = answer(probe, builder, prompts, feats, cfg)
     hits = [normalize_answer(p) == normalize_answer(g) for p, g in zip(preds, golds)]
     per_q: dict[str, list[bool]] = {}
-    for k, h in zip(keys, hits):
-        per_q.setdefault(k, []).append(h)
+    for key, h in zip(keys, hits):
+        per_q.setdefault(key, []).append(h)
     res = {"exact_match": sum(hits) / len(hits), "num_questions": len(hits),
            "examples": [{"question": q[0][-1][0], "gold": g, "prediction": p}
                         for q, g, p in list(zip(prompts, golds, preds))[:8]]}
@@ -257,14 +266,14 @@ def majority_baseline(train: Sequence[Conversation], val: Sequence[Conversation]
             k = question_key(q)
             hits.setdefault(k, []).append(per_q.get(k, overall) == normalize_answer(a))
     flat = [h for v in hits.values() for h in v]
-    out = {"exact_match": sum(flat) / len(flat)}
+    out: dict[str, Any] = {"exact_match": sum(flat) / len(flat)}
     if len(hits) <= 20:
         out["per_question"] = {k: sum(v) / len(v) for k, v in hits.items()}
     return out
 
 
 def vlm_probe(encoder: Encoder, train: Sequence[Conversation], val: Sequence[Conversation],
-              cfg: Optional[VLMConfig] = None, device: str | torch.device = "cpu",
+              cfg: VLMConfig | None = None, device: str | torch.device = "cpu",
               progress: bool = True) -> dict[str, Any]:
     """Train and score the LLaVA-style probe with `encoder` as the frozen vision tower (see module docstring)."""
     cfg = resolve_config(cfg or VLMConfig())
@@ -289,10 +298,11 @@ def vlm_probe(encoder: Encoder, train: Sequence[Conversation], val: Sequence[Con
     curves = {"stage1": _train(probe, items, feats, list(probe.projector.parameters()), cfg.stage1_lr,
                                cfg.stage1_epochs, cfg, device, progress)}
     result: dict[str, Any] = {"stage1": evaluate(probe, builder, val, index, feats, cfg)}
-    if cfg.stage2_epochs > 0:
+    if cfg.stage2_epochs > 0:  # type: ignore[operator]  # resolve_config set stage2_epochs and stage2_lr
         lm.requires_grad_(True)
         curves["stage2"] = _train(probe, items, feats, [p for p in probe.parameters() if p.requires_grad],
-                                  cfg.stage2_lr, cfg.stage2_epochs, cfg, device, progress)
+                                  cfg.stage2_lr, cfg.stage2_epochs,  # type: ignore[arg-type]
+                                  cfg, device, progress)
         result["stage2"] = evaluate(probe, builder, val, index, feats, cfg)
     final = result.get("stage2", result["stage1"])
     blind = majority_baseline(train, val)

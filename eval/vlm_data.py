@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 from eval.datasets import DatasetError, Split
 
@@ -38,7 +39,7 @@ class Conversation:
     turns: list[tuple[str, str]]
 
 
-def read_llava_json(path: str | Path, image_folder: Optional[str | Path] = None) -> list[Conversation]:
+def read_llava_json(path: str | Path, image_folder: str | Path | None = None) -> list[Conversation]:
     """Read and validate a LLaVA conversation file; images resolve against `image_folder` (default: its folder)."""
     path = Path(path)
     folder = Path(image_folder) if image_folder else path.parent
@@ -74,14 +75,14 @@ def read_llava_json(path: str | Path, image_folder: Optional[str | Path] = None)
     return out
 
 
-def synth_answer(field: str, meta: dict[str, Any]) -> Optional[str]:
+def synth_answer(field: str, meta: dict[str, Any]) -> str | None:
     v = meta.get(field)
     if v is None:
         return None
     return COUNT_WORDS.get(int(v), str(v)) if field == "count" else str(v)
 
 
-def write_synth_vqa(split: Split, out: str | Path, limit: Optional[int] = None, multi_turn: bool = False,
+def write_synth_vqa(split: Split, out: str | Path, limit: int | None = None, multi_turn: bool = False,
                     seed: int = 0) -> Path:
     """Questions about shape, colour, count and position of every synth image, as LLaVA JSON `OUT/<split>.json`
     with the images in `OUT/images/`: one single-turn conversation per (image, question), or with `multi_turn`

@@ -9,8 +9,9 @@ References: CLIP (Radford et al., 2021) prompt ensembling; AM-RADIO zero-shot th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch import Tensor
 TEXT_TEACHERS = ("clip", "siglip")
 
 
-def templates_named(name: str) -> list[Union[str, Callable[[str], str]]]:
+def templates_named(name: str) -> Sequence[str | Callable[[str], str]]:
     """`simple` (open_clip's 7 ImageNet templates), `openai` (CLIP's 80), or a text file, one template per line
     with `{}` where the class name goes."""
     from open_clip import zero_shot_metadata as meta
@@ -48,7 +49,7 @@ def readable_classnames(names: Sequence[str]) -> list[str]:
     return [re.sub(r"[_-]+", " ", n) for n in names]
 
 
-def text_classifier(teacher, classnames: Sequence[str], templates: Sequence[Union[str, Callable]],
+def text_classifier(teacher, classnames: Sequence[str], templates: Sequence[str | Callable],
                     device: str | torch.device = "cpu") -> Tensor:
     """(D, K) L2-normalized class embeddings from `teacher`'s text tower (an open_clip teacher)."""
     from open_clip import build_zero_shot_classifier

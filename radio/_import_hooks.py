@@ -13,8 +13,9 @@ import importlib.abc
 import importlib.util
 import sys
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Optional, Sequence
+from typing import Any
 
 
 def _import_integration(integration: str, library: str) -> None:
@@ -30,8 +31,8 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
         self.library = library
         self.integration = integration
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]],
-                  target: Optional[ModuleType] = None) -> Any:
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> Any:
         if fullname != self.library:
             return None
         sys.meta_path.remove(self)  # one shot; also keeps the lookup below from recursing
@@ -45,7 +46,7 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
             inner(module)
             _import_integration(integration, library)
 
-        spec.loader.exec_module = exec_module  # this spec's own loader instance only
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  # this spec's own loader only
         return spec
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +37,17 @@ class FidelityMetric(Metric):
 
     full_state_update = False
     higher_is_better = True
+    sse: Tensor
+    vectors: Tensor
+    t_sum: Tensor
+    t_sq: Tensor
+    cos_sum: Tensor
+    s_cos_sum: Tensor
+    s_count: Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        f64 = dict(dtype=torch.float64)
+        f64: dict[str, Any] = dict(dtype=torch.float64)
         self.add_state("sse", torch.zeros((), **f64), dist_reduce_fx="sum")
         self.add_state("vectors", torch.zeros((), **f64), dist_reduce_fx="sum")
         self.add_state("t_sum", torch.zeros(dim, **f64), dist_reduce_fx="sum")
@@ -49,8 +56,8 @@ class FidelityMetric(Metric):
         self.add_state("s_cos_sum", torch.zeros((), **f64), dist_reduce_fx="sum")
         self.add_state("s_count", torch.zeros((), **f64), dist_reduce_fx="sum")
 
-    def update(self, pred: Tensor, target: Tensor, pred_summary: Optional[Tensor] = None,
-               target_summary: Optional[Tensor] = None) -> None:
+    def update(self, pred: Tensor, target: Tensor, pred_summary: Tensor | None = None,
+               target_summary: Tensor | None = None) -> None:
         """pred, target: (B, C, h, w) on the same grid (or (B, C)); summaries (B, C_s) or None."""
         p, t = _rows(pred), _rows(target)
         self.sse += ((p - t) ** 2).sum()
@@ -100,7 +107,7 @@ class FidelityHistory:
         self.records.append({"step": int(step), "teachers": {
             t: {str(r): dict(m) for r, m in per_res.items()} for t, per_res in values.items()}})
 
-    def write(self, directory: str | Path) -> tuple[Path, Optional[Path]]:
+    def write(self, directory: str | Path) -> tuple[Path, Path | None]:
         """Write fidelity.json and fidelity.png into `directory`; returns their paths (png None if empty)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -124,7 +131,7 @@ def history_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, list]]:
 
 
 def plot_fidelity(curves: dict[str, dict[str, list]], out_png: str | Path,
-                  history: Optional[list[dict[str, Any]]] = None, title: str = "") -> Path:
+                  history: list[dict[str, Any]] | None = None, title: str = "") -> Path:
     """The fidelity plot of training and eval.
 
     Panels: fidelity vs resolution and cos-error vs resolution, one line per curve (label -> {"resolutions",
@@ -177,7 +184,7 @@ def plot_fidelity(curves: dict[str, dict[str, list]], out_png: str | Path,
     return out_png
 
 
-def fidelity_markdown(records: list[dict[str, Any]], primary: Optional[int] = None) -> list[str]:
+def fidelity_markdown(records: list[dict[str, Any]], primary: int | None = None) -> list[str]:
     """Markdown lines: fidelity and cos-error per teacher and resolution at the last validation, and fidelity
     at the first vs the last validation (at `primary`, default the largest resolution)."""
     if not records:

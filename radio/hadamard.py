@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -78,7 +77,7 @@ def paley2(q: int) -> Tensor:
 
 
 @cache
-def construction(n: int) -> Optional[str]:
+def construction(n: int) -> str | None:
     """A recipe string for order n ("sylvester", "paley1(q)", "paley2(q)", "AxB"), or None if none is known."""
     if n in (1, 2) or (n > 0 and n & (n - 1) == 0):
         return "sylvester"

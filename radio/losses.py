@@ -8,8 +8,9 @@ References: AM-RADIO (Ranzinger et al., CVPR 2024); PHI-S (Ranzinger et al., 202
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor

@@ -20,8 +20,9 @@ References: RADIOv2.5 (Heinrich et al., 2024), multi-resolution training with mo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ class MosaicPlan:
         return math.ceil(batch / self.per_canvas)
 
 
-def plan_mosaic(grid: tuple[int, int], patch: int, canvas: tuple[int, int]) -> Optional[MosaicPlan]:
+def plan_mosaic(grid: tuple[int, int], patch: int, canvas: tuple[int, int]) -> MosaicPlan | None:
     """Plan a mosaic of tiles whose teacher grid is `grid` in a fixed `canvas`; None if fewer than 2 fit.
 
     Args:
@@ -73,7 +74,8 @@ def plan_mosaic(grid: tuple[int, int], patch: int, canvas: tuple[int, int]) -> O
     if k[0] * k[1] < 2:
         return None
     cell = (cg[0] // k[0] * patch, cg[1] // k[1] * patch)
-    return MosaicPlan(tiles=k, tile=(grid[0] * patch, grid[1] * patch), cell=cell, canvas=tuple(canvas),
+    return MosaicPlan(tiles=k, tile=(grid[0] * patch, grid[1] * patch), cell=cell,
+                      canvas=cast("tuple[int, int]", tuple(canvas)),
                       patch=patch)
 
 

@@ -23,7 +23,8 @@ pairwise algorithm for computing sample variances" (1979).
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from radio.hadamard import construction, hadamard, normalized_hadamard
 from radio.registry import Registry
 
-NORMALIZERS: Registry[type["Normalizer"]] = Registry("normalizer")
+NORMALIZERS: Registry[type[Normalizer]] = Registry("normalizer")
 
 
 class Moments(NamedTuple):

@@ -8,8 +8,9 @@ every field of a section present in a plain mapping, a jsonargparse Namespace or
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class Range:
         also: further accepted values outside the bounds (e.g. -1 for "all" / "unlimited").
     """
 
-    lo: Optional[float] = None
-    hi: Optional[float] = None
+    lo: float | None = None
+    hi: float | None = None
     lo_open: bool = False
     hi_open: bool = False
     integer: bool = False

@@ -21,7 +21,8 @@ import dataclasses
 import functools
 import types
 import typing
-from typing import Any, Iterable, Literal, Mapping, TypeVar, Union
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypeVar, Union
 
 __all__ = ["ConfigError", "SchemaError", "describe", "field_path", "from_dict", "parse", "schema_errors",
            "short", "unknown_key_errors"]
@@ -37,7 +38,7 @@ class SchemaError(ValueError):
         self.source = source
         super().__init__(_at(source, "; ".join(self.errors)))
 
-    def prefixed(self, source: str) -> "SchemaError":
+    def prefixed(self, source: str) -> SchemaError:
         """The same problems, read from `source` (e.g. the file they were read from)."""
         return SchemaError(self.errors, f"{source}: {self.source}" if self.source else source)
 
@@ -46,7 +47,7 @@ class ConfigError(ValueError):
     """A recipe that cannot run; the message names the field or path (radio.train.recipe_checks)."""
 
 
-def field_path(where: str, key: Union[str, int]) -> str:
+def field_path(where: str, key: str | int) -> str:
     """`where.key`, `where[key]` for an index, `key` at the root (`where` "")."""
     if isinstance(key, int):
         return f"{where}[{key}]"
@@ -92,7 +93,7 @@ def schema_errors(tp: Any, value: Any, where: str) -> list[str]:
 
 
 # ---- internals -----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

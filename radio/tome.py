@@ -25,8 +25,9 @@ merging for VLMs).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from radio.schema import SchemaError, field_path, short
 
 Merge = Callable[..., Tensor]
 Unmerge = Callable[[Tensor], Tensor]
-Selector = Union[slice, Tensor]
+Selector = slice | Tensor
 SCHEDULES = ("constant", "decreasing")
 
 
@@ -55,7 +56,7 @@ class TokenMergeConfig:
 
     r: int = 0
     schedule: str = "constant"
-    num_tokens: Optional[int] = None
+    num_tokens: int | None = None
 
     @classmethod
     def check(cls, values: Mapping[str, Any], where: str) -> list[str]:
@@ -126,7 +127,7 @@ def _soft_matching(a: Tensor, b: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor
 
 
 def _closures(protected: int, src: Selector, dst: Selector, kept: Tensor, moved: Tensor, into: Tensor,
-              num_in: int, order: Optional[Tensor] = None) -> tuple[Merge, Unmerge]:
+              num_in: int, order: Tensor | None = None) -> tuple[Merge, Unmerge]:
     """Build merge/unmerge for a partition of the non-protected tokens into sources `src` and destinations `dst`
     (slices or index tensors into x[:, protected:]). `order` (B, N_out, 1), if given, permutes the output."""
     num_kept = kept.shape[1]
@@ -239,7 +240,7 @@ def budget_soft_matching(metric: Tensor, grid: tuple[int, int], num_tokens: int)
     return _closures(0, src, dst, kept, moved, into, n, order)
 
 
-def merge_wavg(merge: Merge, x: Tensor, size: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+def merge_wavg(merge: Merge, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Size-weighted average merge: x = sum(s x) / sum(s), s = sum(s) over each group.
 
     Args:

@@ -4,7 +4,7 @@ Shapes use B = batch, C = channels, N = tokens, h x w = patch grid.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -43,7 +43,7 @@ class AdaptorOutput(NamedTuple):
     features: (B, N, C_teacher) or (B, C_teacher, h, w) with `feature_fmt="NCHW"`.
     """
 
-    summary: Optional[Tensor]
+    summary: Tensor | None
     features: Tensor
 
 
@@ -58,4 +58,4 @@ class IntermediatesOutput(NamedTuple):
 
     intermediates: list[StudentOutput]
     indices: list[int]
-    final: Optional[StudentOutput]
+    final: StudentOutput | None

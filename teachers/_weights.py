@@ -14,7 +14,7 @@ import contextlib
 import os
 import urllib.error
 import urllib.request
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
 
 PROBE_TIMEOUT_S = 5.0
 
@@ -26,7 +26,7 @@ class TeacherWeightsError(RuntimeError):
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz")
 
 
-def local_path(pretrained: Union[str, bool, None], hub_ids: bool = False) -> Optional[str]:
+def local_path(pretrained: str | bool | None, hub_ids: bool = False) -> str | None:
     """The local file or directory named by `pretrained`, or None when it is a tag / hub name / default.
 
     A string counts as a path when it exists, starts with `/`, `~` or `.`, or ends with a weight-file suffix;

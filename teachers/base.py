@@ -6,7 +6,7 @@ the base class owns preprocessing (mean/std), freezing, autocast on GPUs and the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ from radio.types import float_images
 class TeacherOutput(NamedTuple):
     """summary: (B, C_summary) or None for a teacher without one; features: (B, C, h, w) patch grid."""
 
-    summary: Optional[Tensor]
+    summary: Tensor | None
     features: Tensor
 
 
@@ -62,12 +62,12 @@ class TeacherSpec:
     """
 
     name: str
-    model: Optional[str] = None
-    pretrained: Union[str, bool, None] = None
-    arch: Optional[dict[str, Any]] = None
-    input_size: Optional[int] = None
+    model: str | None = None
+    pretrained: str | bool | None = None
+    arch: dict[str, Any] | None = None
+    input_size: int | None = None
     seed: int = 0
-    options: Optional[dict[str, Any]] = None
+    options: dict[str, Any] | None = None
 
 
 class Teacher(nn.Module):
@@ -102,7 +102,7 @@ class Teacher(nn.Module):
         """Where the teacher runs (its preprocessing buffers' device; `freeze` registers them)."""
         return self._mean.device
 
-    def freeze(self) -> "Teacher":
+    def freeze(self) -> Teacher:
         """No gradients, eval mode for good; registers the preprocessing buffers."""
         self.requires_grad_(False)
         self.register_buffer("_mean", torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1),
@@ -111,7 +111,7 @@ class Teacher(nn.Module):
                              persistent=False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "Teacher":  # noqa: ARG002 - teachers stay in eval mode
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - teachers stay in eval mode
         return super().train(False)
 
     def resolution_for(self, grid: tuple[int, int]) -> tuple[int, int]:
@@ -173,7 +173,7 @@ class Teacher(nn.Module):
         }
 
 
-def resolve_options(teacher: str, given: Optional[dict[str, Any]], defaults: dict[str, Any]) -> dict[str, Any]:
+def resolve_options(teacher: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
     """A family's options: `defaults` updated by `given`; an unknown key is a SchemaError listing the valid
     ones."""
     given = dict(given or {})

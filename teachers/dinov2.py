@@ -12,7 +12,7 @@ References: Oquab et al., DINOv2 (2023); Darcet et al., Vision Transformers Need
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor
 
@@ -23,7 +23,7 @@ from teachers.registry import register_teacher
 DEFAULT_MODEL = "vit_giant_patch14_reg4_dinov2.lvd142m"
 
 
-def _hub_file(label: str, model_name: str, how: str) -> Optional[str]:
+def _hub_file(label: str, model_name: str, how: str) -> str | None:
     """Download (or find in the cache) the hub weights of a timm model name; None when it has no hub repo."""
     import timm.models
     from huggingface_hub import hf_hub_download
@@ -36,21 +36,24 @@ def _hub_file(label: str, model_name: str, how: str) -> Optional[str]:
         return None
     repo = cfg.hf_hub_id
     names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-    last: Optional[BaseException] = None
+    last: BaseException | None = None
     with hub_guard():
         for filename in names:
             try:
                 return hf_hub_download(repo, filename, library_name="timm")
             except Exception as e:  # EntryNotFound -> next name; offline / network -> reported below
                 last = e
-    raise weights_error(label, f"timm hub model {model_name} (Hugging Face repo {repo})", how, last)
+    raise weights_error(label, f"timm hub model {model_name} (Hugging Face repo {repo})", how,
+                        last)  # type: ignore[arg-type]  # set: names is never empty
 
 
 class TimmDINOv2Teacher(Teacher):
     """Wraps a timm VisionTransformer; `arch` overrides timm.create_model's keyword arguments."""
 
-    def __init__(self, model_name: str, pretrained: Any, arch: Optional[dict] = None,
-                 input_size: Optional[int] = None, label: str = "dino_v2") -> None:
+    model: Any  # a timm VisionTransformer (timm.create_model returns an nn.Module)
+
+    def __init__(self, model_name: str, pretrained: Any, arch: dict | None = None,
+                 input_size: int | None = None, label: str = "dino_v2") -> None:
         super().__init__()
         import timm
 

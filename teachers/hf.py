@@ -25,7 +25,7 @@ revision; False -> random initialisation from the repo's config. `arch` = a conf
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,8 +58,8 @@ def _vision_class(label: str, vcfg, trust_remote_code: bool):
 class HFTeacher(Teacher):
     """Wraps a transformers vision model."""
 
-    def __init__(self, source: str, pretrained: Any, arch: Optional[dict] = None, input_size: Optional[int] = None,
-                 options: Optional[dict] = None, label: str = "hf") -> None:
+    def __init__(self, source: str, pretrained: Any, arch: dict | None = None, input_size: int | None = None,
+                 options: dict | None = None, label: str = "hf") -> None:
         super().__init__()
         from transformers import AutoConfig, ImageProcessingMixin
 
@@ -153,7 +153,7 @@ def _first(v: Any) -> Any:
     return v[0] if isinstance(v, (tuple, list)) else v
 
 
-def _processor_mean_std(mixin, src: str, revision: Optional[str]):
+def _processor_mean_std(mixin, src: str, revision: str | None):
     """image_mean / image_std of the repo's image processor config, or None when it has none."""
     try:
         d, _ = mixin.get_image_processor_dict(src, revision=revision)

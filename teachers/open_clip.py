@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor
 
@@ -46,7 +46,7 @@ class _NoRandomInitWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.MESSAGE)
 
-    def __enter__(self) -> "_NoRandomInitWarning":
+    def __enter__(self) -> _NoRandomInitWarning:
         logging.getLogger().addFilter(self)
         return self
 
@@ -54,7 +54,7 @@ class _NoRandomInitWarning(logging.Filter):
         logging.getLogger().removeFilter(self)
 
 
-def _published_preprocess(model_name: str) -> Optional[dict[str, Any]]:
+def _published_preprocess(model_name: str) -> dict[str, Any] | None:
     """mean/std that every published tag of `model_name` uses, or None when they differ or there is no tag."""
     import open_clip
 
@@ -84,8 +84,8 @@ def _default_tag(label: str, model_name: str) -> str:
 class OpenCLIPTeacher(Teacher):
     """Wraps an open_clip model (CLIP or CustomTextCLIP)."""
 
-    def __init__(self, model_name: str, pretrained: Any, arch: Optional[dict] = None,
-                 input_size: Optional[int] = None, label: str = "clip") -> None:
+    def __init__(self, model_name: str, pretrained: Any, arch: dict | None = None,
+                 input_size: int | None = None, label: str = "clip") -> None:
         super().__init__()
         import open_clip
 
@@ -99,7 +99,7 @@ class OpenCLIPTeacher(Teacher):
         how = f"pretrained: /path/to/open_clip_model.safetensors (for {model_name})"
         path = local_path(pretrained)
         if path:
-            tag: Optional[str] = require_local(label, path, how)
+            tag: str | None = require_local(label, path, how)
         elif pretrained is False or (arch and pretrained is None):
             tag = None
         else:

@@ -10,7 +10,8 @@ provenance, a checkpoint) goes through `untrusted_spec`, which refuses them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -44,11 +45,10 @@ def register_teacher(name: str, code_running_options: Sequence[str] = ()) -> Cal
 
 
 def available() -> list[str]:
-    _load_families()
     return TEACHERS.names()
 
 
-def as_spec(name_or_config: Union[str, TeacherSpec, dict[str, Any]], *, where: str = "teacher",
+def as_spec(name_or_config: str | TeacherSpec | dict[str, Any], *, where: str = "teacher",
             **overrides: Any) -> TeacherSpec:
     """A TeacherSpec from a registered name, a dict (radio.schema.from_dict: unknown keys and wrong types are
     a SchemaError naming `where`.key) or a TeacherSpec (as it is); fields overridable by keyword."""
@@ -63,12 +63,11 @@ def as_spec(name_or_config: Union[str, TeacherSpec, dict[str, Any]], *, where: s
     return dataclasses.replace(spec, **overrides) if overrides else spec
 
 
-def build(name_or_config: Union[str, TeacherSpec, dict[str, Any]], **overrides: Any) -> Teacher:
+def build(name_or_config: str | TeacherSpec | dict[str, Any], **overrides: Any) -> Teacher:
     """Build a frozen teacher from a registered name, a dict or a TeacherSpec (fields overridable by keyword).
 
     Example: `teachers.build("dino_v2", pretrained=False, arch={"embed_dim": 64, "depth": 2, "num_heads": 2})`.
     """
-    _load_families()
     spec = as_spec(name_or_config, **overrides)
     builder = TEACHERS.get(spec.name)
     with torch.random.fork_rng(devices=[]):
@@ -79,7 +78,7 @@ def build(name_or_config: Union[str, TeacherSpec, dict[str, Any]], **overrides: 
     return teacher.freeze()
 
 
-def untrusted_spec(spec: Union[TeacherSpec, dict[str, Any]], source: str) -> TeacherSpec:
+def untrusted_spec(spec: TeacherSpec | dict[str, Any], source: str) -> TeacherSpec:
     """A teacher spec read from a file the user did not write (an export's provenance, a checkpoint), as radio
     may build it.
 
@@ -92,7 +91,6 @@ def untrusted_spec(spec: Union[TeacherSpec, dict[str, Any]], source: str) -> Tea
     Args:
         source: where the spec was read, for the error (e.g. `EXPORT/config.json: provenance.teacher_specs[2]`).
     """
-    _load_families()
     try:
         if isinstance(spec, TeacherSpec):  # its fields are checked as a file's would be
             from_dict(TeacherSpec, spec, "")
@@ -113,15 +111,3 @@ def untrusted_spec(spec: Union[TeacherSpec, dict[str, Any]], source: str) -> Tea
     if not risky:
         return spec
     return dataclasses.replace(spec, options={**options, **{k: False for k in risky}})
-
-
-_LOADED = False
-
-
-def _load_families() -> None:
-    """Import the adapters so they register themselves (their libraries are imported lazily inside)."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    from teachers import dinov2, hf, open_clip, sam  # noqa: F401

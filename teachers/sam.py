@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import os
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +99,8 @@ def _default_checkpoint(label: str, variant: str, how: str) -> str:
 class SAMTeacher(Teacher):
     """Wraps segment_anything's `ImageEncoderViT` (the part of SAM a distillation target needs)."""
 
-    def __init__(self, variant: str, pretrained: Any, arch: Optional[dict] = None,
-                 input_size: Optional[int] = None, features: str = "neck", label: str = "sam") -> None:
+    def __init__(self, variant: str, pretrained: Any, arch: dict | None = None,
+                 input_size: int | None = None, features: str = "neck", label: str = "sam") -> None:
         super().__init__()
         from segment_anything.modeling import ImageEncoderViT
 
@@ -138,7 +138,7 @@ class SAMTeacher(Teacher):
         self.feature_source = features
         self.patch_size = int(kwargs["patch_size"])
         self.input_size = int(self.model.img_size)
-        self.mean, self.std = _sam_pixel_stats()
+        self.mean, self.std = _sam_pixel_stats()  # type: ignore[assignment]  # three values each
         self.summary_dim = 0
         self.feature_dim = int(kwargs["out_chans"] if features == "neck" else kwargs["embed_dim"])
         self.dynamic_resolution = False

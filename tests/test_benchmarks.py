@@ -29,6 +29,7 @@ def test_counted_flops_equal_the_analytic_vit_formula(grid, dim, depth, heads):
     assert counted == 2 * gpu.vit_forward_flops(grid, 16, dim, depth, prefix)
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_reports_mfu_and_ratios():
     env = dict(os.environ, PYTHON=sys.executable)
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], check=False, capture_output=True,

@@ -1,4 +1,5 @@
-"""The dependency direction of DESIGN.md section 1, checked in fresh interpreters, and no import cycles."""
+"""The dependency direction of DESIGN.md section 1, checked in fresh interpreters and on the import graph, and no
+import cycles."""
 from __future__ import annotations
 
 import ast
@@ -45,12 +46,8 @@ def test_radio_load_needs_no_teacher_library():
 # ---- no import cycles -------------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("radio", "teachers", "eval")
-# Import cycles known today, each as the modules of one strongly connected component of the import graph.
-# To be removed: the lead empties this list as they are fixed.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # the registry imports its built-in adapters to register them; each adapter imports the registry
-    frozenset({"teachers.registry", "teachers.dinov2", "teachers.hf", "teachers.open_clip", "teachers.sam"}),
-]
+# Import cycles allowed, each as the modules of one strongly connected component of the import graph: none.
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 def _modules() -> dict[str, Path]:
@@ -173,3 +170,69 @@ def test_no_import_cycles_between_modules():
     cycles = [c for c in strongly_connected(import_graph()) if c not in KNOWN_CYCLES]
     assert not cycles, "import cycles between modules: " + "; ".join(
         " <-> ".join(sorted(c)) for c in cycles)
+
+
+# ---- the direction between packages, on the same graph ----------------------------------------------------
+# every radio module outside the training loop, the data pipeline, the feature cache and the CLI: the model,
+# normalizers, losses, ToMe, export, fidelity, ...
+NOT_MODEL_PIECES = ("radio.train", "radio.data", "radio.cache", "radio.cli")
+
+
+def _within(mod: str, packages: tuple[str, ...]) -> bool:
+    return any(mod == p or mod.startswith(p + ".") for p in packages)
+
+
+def forbidden_imports(graph: dict[str, set[str]], importers: list[str],
+                      forbidden: tuple[str, ...]) -> list[str]:
+    """For each importer that reaches a module of `forbidden` (directly or through other modules), the
+    shortest chain of imports that does, as "a -> b -> c"."""
+    found = []
+    for start in importers:
+        parent: dict[str, str] = {}
+        todo, seen = [start], {start}
+        while todo:  # breadth first: the shortest chain
+            node = todo.pop(0)
+            if node != start and _within(node, forbidden):
+                chain = [node]
+                while chain[-1] != start:
+                    chain.append(parent[chain[-1]])
+                found.append(" -> ".join(reversed(chain)))
+                break
+            for child in sorted(graph[node] - seen):
+                seen.add(child)
+                parent[child] = node
+                todo.append(child)
+    return found
+
+
+def test_forbidden_imports_follows_chains_and_names_them():
+    graph = {"t.a": {"t.b", "m.x"}, "t.b": {"m.x"}, "m.x": {"train.loop"}, "train.loop": set(),
+             "t.c": {"trainer"}, "trainer": set()}
+    assert forbidden_imports(graph, ["t.a", "t.b", "t.c"], ("train",)) == [
+        "t.a -> m.x -> train.loop", "t.b -> m.x -> train.loop"]  # shortest chains; "trainer" is no "train"
+
+
+@pytest.mark.parametrize("importers, forbidden", [
+    (("teachers",), ("radio.train", "radio.data", "radio.cache", "eval")),
+    (("radio",), ("radio.train", "eval")),  # the model pieces, see NOT_MODEL_PIECES
+    (("eval",), ("radio.train",)),
+])
+def test_packages_import_in_one_direction(importers, forbidden):
+    """teachers never import the training loop, the data pipeline, the feature cache or eval; the model pieces
+    never import the training loop or eval; eval never imports the training loop (through any chain, function-
+    level imports included)."""
+    graph = import_graph()
+    modules = [m for m in graph if _within(m, importers) and not _within(m, NOT_MODEL_PIECES)]
+    assert modules
+    if importers == ("radio",):
+        pieces = {"radio", "radio.model", "radio.normalize", "radio.losses", "radio.tome", "radio.export"}
+        assert pieces | {"radio.fidelity"} <= set(modules)
+    bad = forbidden_imports(graph, modules, forbidden)
+    assert not bad, "imports against the package direction: " + "; ".join(bad)
+
+
+def test_only_the_cli_imports_eval():
+    graph = import_graph()
+    bad = sorted(f"{m} -> {t}" for m, targets in graph.items() if not _within(m, ("eval", "radio.cli"))
+                 for t in targets if _within(t, ("eval",)))
+    assert not bad, "modules outside eval and radio.cli that import eval: " + "; ".join(bad)

@@ -1,7 +1,14 @@
 import torch
 
-from radio.losses import LossConfig, cos_smoothl1_loss, feature_loss, match_grids, mse_loss, summary_cosine_loss, \
-    tokens_to_grid
+from radio.losses import (
+    LossConfig,
+    cos_smoothl1_loss,
+    feature_loss,
+    match_grids,
+    mse_loss,
+    summary_cosine_loss,
+    tokens_to_grid,
+)
 
 
 def test_losses_are_zero_for_equal_inputs_and_positive_otherwise():

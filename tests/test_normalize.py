@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from radio.hadamard import HadamardError, hadamard, normalized_hadamard
-from radio.normalize import NORMALIZERS, PHIS, all_reduce_moments, batch_moments, build_normalizer, \
-    check_normalizer, merge_moments, restart_statistics, store_global_statistics
+from radio.normalize import (
+    NORMALIZERS,
+    PHIS,
+    all_reduce_moments,
+    batch_moments,
+    build_normalizer,
+    check_normalizer,
+    merge_moments,
+    restart_statistics,
+    store_global_statistics,
+)
 from radio.registry import RegistryError
 
 

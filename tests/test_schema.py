@@ -1,8 +1,9 @@
 """radio.schema.from_dict: one path from a mapping to a dataclass, every problem named by its dotted path."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal
 
 import pytest
 
@@ -25,11 +26,11 @@ class Outer:
     name: str
     inner: Inner = field(default_factory=Inner)
     parts: list[Inner] = field(default_factory=list)
-    limit: Optional[int] = None
+    limit: int | None = None
     flag: bool = False
     rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)
     mode: Literal["a", "b"] = "a"
-    extra: Optional[dict[str, Any]] = None
+    extra: dict[str, Any] | None = None
 
 
 ALLOWED = "['extra', 'flag', 'inner', 'limit', 'mode', 'name', 'parts', 'rgb']"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,18 +61,18 @@ def whole_view(ref: GridGeometry, flip: bool = False) -> CropView:
     return CropView(0, 0, ref.grid[0], ref.grid[1], flip, True)
 
 
-def _uniform(lo: float, hi: float, generator: Optional[torch.Generator]) -> float:
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
     return float(torch.empty(()).uniform_(lo, hi, generator=generator))
 
 
-def _randint(hi: int, generator: Optional[torch.Generator]) -> int:
+def _randint(hi: int, generator: torch.Generator | None) -> int:
     """Uniform integer in [0, hi]."""
     return int(torch.randint(0, hi + 1, (), generator=generator))
 
 
 def draw_view(ref: GridGeometry, min_scale: float, whole_prob: float = 0.0, flip_prob: float = 0.5,
               ratio: tuple[float, float] = (3 / 4, 4 / 3),
-              generator: Optional[torch.Generator] = None) -> CropView:
+              generator: torch.Generator | None = None) -> CropView:
     """A random view in whole cells of `ref`.
 
     With probability `whole_prob` the whole canvas, unflipped. Otherwise torchvision's RandomResizedCrop in cell
@@ -169,7 +169,7 @@ def canvas_image(image: Tensor, resolution: int, scale: int = 1) -> Tensor:
     return TF.crop(x, top * scale, left * scale, resolution * scale, resolution * scale)
 
 
-def crop_image(canvas: Tensor, view: CropView, ref: GridGeometry, size: Optional[int]) -> Tensor:
+def crop_image(canvas: Tensor, view: CropView, ref: GridGeometry, size: int | None) -> Tensor:
     """The student's image: the view's box of a canvas drawn at `scale` = side / ref.resolution times the
     reference canvas (an integer), resized (antialiased) to size x size (None: kept at the box's size), flipped
     with the view -> float (3, size, size) in [0, 1] from uint8, else in the canvas's dtype."""

@@ -8,11 +8,18 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 from radio.cache.config import CacheConfig, coerce_config, get_field, main_grid, teacher_mosaic, teacher_specs
-from radio.cache.format import (DTYPES, FORMAT_VERSION, SPEC_FIELDS, CacheMismatchError, cached_folders,
-                                expected_resolution, read_cache_meta)
+from radio.cache.format import (
+    DTYPES,
+    FORMAT_VERSION,
+    SPEC_FIELDS,
+    CacheMismatchError,
+    cached_folders,
+    expected_resolution,
+    read_cache_meta,
+)
 from radio.schema import SchemaError
 from teachers.base import TeacherSpec
 from teachers.registry import as_spec
@@ -25,7 +32,7 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
-def check_cache_meta(directory: Union[str, Path], spec: Union[TeacherSpec, dict, str],
+def check_cache_meta(directory: str | Path, spec: TeacherSpec | dict | str,
                      resolution: tuple[int, int]) -> dict[str, Any]:
     """The metadata of the cache in `directory` if it was written for `spec` at `resolution`, else an error.
 
@@ -48,7 +55,7 @@ def check_cache_meta(directory: Union[str, Path], spec: Union[TeacherSpec, dict,
     return meta
 
 
-def check_cache_for_grid(directory: Union[str, Path], spec: Union[TeacherSpec, dict, str],
+def check_cache_for_grid(directory: str | Path, spec: TeacherSpec | dict | str,
                          student_grid: tuple[int, int]) -> dict[str, Any]:
     """The metadata of a teacher's cache if it is what `cache_teachers` writes for `spec` and a student grid.
 
@@ -98,7 +105,7 @@ def shard_errors(directory: str, meta: dict[str, Any], image_urls: list[str]) ->
     return errors
 
 
-def missing_dir_error(cfg: CacheConfig) -> Optional[str]:
+def missing_dir_error(cfg: CacheConfig) -> str | None:
     """The error of a `data.cache.dir` that does not exist, else None."""
     if cfg.dir and os.path.isdir(cfg.dir):
         return None
@@ -120,7 +127,7 @@ def mosaic_error(name: str) -> str:
             "run); set mosaic: false or leave it out of data.cache.teachers")
 
 
-def grid_error(directory: str, spec: Any, student_grid: tuple[int, int]) -> Optional[str]:
+def grid_error(directory: str, spec: Any, student_grid: tuple[int, int]) -> str | None:
     """`check_cache_for_grid`'s error as a message (a missing meta.json included), else None."""
     try:
         check_cache_for_grid(directory, spec, student_grid)
@@ -130,7 +137,7 @@ def grid_error(directory: str, spec: Any, student_grid: tuple[int, int]) -> Opti
 
 
 def cache_errors(cfg: Any, specs: dict[str, Any], mosaic: dict[str, bool], student_grid: tuple[int, int],
-                 image_urls: Optional[list[str]]) -> list[str]:
+                 image_urls: list[str] | None) -> list[str]:
     """Problems of a recipe's `data.cache` (empty when training can read it), checked before any compute.
 
     Args:
@@ -170,7 +177,7 @@ def cache_errors(cfg: Any, specs: dict[str, Any], mosaic: dict[str, bool], stude
     return errors
 
 
-def recipe_cache_errors(entries: list[Any], patch: int, data: Any, image_urls: Optional[list[str]]) -> list[str]:
+def recipe_cache_errors(entries: list[Any], patch: int, data: Any, image_urls: list[str] | None) -> list[str]:
     """`cache_errors` of a recipe: its `model.teachers` entries, the student's patch size, its data section (dict
     or Namespace, with `cache`) and the resolved training shards (None when they did not resolve)."""
     return cache_errors(get_field(data, "cache"), teacher_specs(entries), teacher_mosaic(entries),

@@ -4,8 +4,9 @@ recipe (radio.cache.checks) read them here, so that a cache is checked against w
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from radio.ranges import PROBABILITY, range_errors
 from radio.schema import from_dict
@@ -27,8 +28,8 @@ class CacheConfig:
     """
 
     dir: str
-    teachers: Optional[list[str]] = None
-    align: Optional[str] = None
+    teachers: list[str] | None = None
+    align: str | None = None
     summary: str = "exact"
     whole_view: float = 0.25
 

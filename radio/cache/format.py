@@ -16,7 +16,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def decode_cached(raw: dict[str, Any]) -> TeacherOutput:
     return TeacherOutput(summ, feats)
 
 
-def read_cache_meta(directory: Union[str, Path]) -> dict[str, Any]:
+def read_cache_meta(directory: str | Path) -> dict[str, Any]:
     """The parsed meta.json of a teacher's cache directory; a missing or unreadable file is an error naming it."""
     path = Path(directory) / "meta.json"
     if not path.is_file():

@@ -13,7 +13,7 @@ naming the feature shard and the key.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class FeatureIndex:
             features.npy).
     """
 
-    def __init__(self, layout: CacheLayout, images: ShardIndex, cache_dir: Optional[str] = None,
+    def __init__(self, layout: CacheLayout, images: ShardIndex, cache_dir: str | None = None,
                  progress: bool = False) -> None:
         self.indexes: dict[str, ShardIndex] = {}
         self.rows: dict[str, np.ndarray] = {}
@@ -91,7 +91,7 @@ class FeatureIndex:
         """Image samples without a record of teacher `name`."""
         return int((self.rows[name] < 0).sum())
 
-    def records(self, i: int, names: Optional[list[str]] = None) -> dict[str, Any]:
+    def records(self, i: int, names: list[str] | None = None) -> dict[str, Any]:
         """Image sample i's raw cached record per teacher of `names` (None: all) ({"__key__", "__url__",
         "features.npy", ...}), or MissingFeatures where there is none."""
         out: dict[str, Any] = {}

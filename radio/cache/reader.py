@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from radio.cache.aligned import GridGeometry
 from radio.cache.checks import config_errors, missing_dir_error, shard_errors
@@ -68,7 +68,7 @@ def _cached_teacher(name: str, directory: str, meta: dict[str, Any]) -> CachedTe
                          bool(meta.get("summary_shape")), meta)
 
 
-def choose_reference(teachers: dict[str, CachedTeacher], align: Optional[str]) -> str:
+def choose_reference(teachers: dict[str, CachedTeacher], align: str | None) -> str:
     """`align` if given (one of `teachers`: radio.cache.checks.config_errors), else the teacher with the
     coarsest cells (first of equals)."""
     if align is not None:
@@ -124,7 +124,7 @@ class CachedSample(Sample):
     cached: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, sample: Sample, records: dict[str, Any]) -> "CachedSample":
+    def of(cls, sample: Sample, records: dict[str, Any]) -> CachedSample:
         return cls(**{f.name: getattr(sample, f.name) for f in dataclasses.fields(Sample)}, cached=records)
 
 

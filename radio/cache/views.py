@@ -4,7 +4,7 @@ boxes. Summary targets follow `data.cache.summary` (the package overview, radio.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ class CachedTargets(NamedTuple):
     varying with each sample's box; summary_valid: (B,) bool, the samples whose summary target holds.
     """
 
-    summary: Optional[Tensor]
+    summary: Tensor | None
     features: list[Tensor]
     summary_valid: Tensor
 
@@ -32,7 +32,7 @@ class CachedItem(NamedTuple):
     image: Tensor
     view: CropView
     features: dict[str, Tensor]
-    summaries: dict[str, Optional[Tensor]]
+    summaries: dict[str, Tensor | None]
 
 
 class CachedViews:
@@ -42,12 +42,12 @@ class CachedViews:
         self.layout = layout
         self.min_scale = min_scale
 
-    def names(self, partition_teachers: Optional[list[str]]) -> list[str]:
+    def names(self, partition_teachers: list[str] | None) -> list[str]:
         """The cached teachers that supervise a partition (its `teachers`, None meaning all)."""
         return [n for n in self.layout.teachers if partition_teachers is None or n in partition_teachers]
 
     def sample(self, s: CachedSample, resolution: int, names: list[str],
-               generator: Optional[torch.Generator] = None) -> CachedItem:
+               generator: torch.Generator | None = None) -> CachedItem:
         """One sample's aligned view, its image at `resolution` and its cached teachers' crops. Raises
         FeatureError for a missing or malformed cached record (the caller skips the sample)."""
         from torchvision.transforms.v2.functional import to_image
@@ -72,7 +72,8 @@ class CachedViews:
         for n in names:
             summ = [it.summaries[n] for it in items]
             has = self.layout.teachers[n].has_summary and len(items) > 0
-            cached[n] = CachedTargets(torch.stack(summ) if has else None, [it.features[n] for it in items], valid)
+            cached[n] = CachedTargets(torch.stack(cast("list[Tensor]", summ)) if has else None,
+                                      [it.features[n] for it in items], valid)
         crop = torch.tensor([[v.top, v.left, v.height, v.width, int(v.flip), int(v.whole)] for v in views],
                             dtype=torch.long).reshape(-1, 6)
         image = (torch.stack([it.image for it in items]) if items

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,9 +46,9 @@ def _to_numpy(x: torch.Tensor, np_dtype, teacher: str, what: str, url: str, keys
                          f"{a.dtype} (max |x| = {peak:.4g}); write the cache with --dtype float32")
     return a
 @torch.no_grad()
-def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resolution: tuple[int, int],
+def cache_teacher(teacher: Teacher, shards: str, out: str | Path, resolution: tuple[int, int],
                   batch_size: int = 32, dtype: str = "float16", progress: bool = True,
-                  device: Union[str, torch.device] = "cpu",
+                  device: str | torch.device = "cpu",
                   max_image_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """Cache one teacher's outputs on the centre crop at `resolution` (H, W) of every sample. Samples that do not
     decode, or whose image has more than `max_image_pixels` pixels (never decoded), are skipped and listed.
@@ -74,7 +75,7 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
         from tqdm import tqdm
 
         bar = tqdm(desc=f"cache {teacher.name}", unit="img", leave=False)
-    shapes: dict[str, Optional[list[int]]] = {}
+    shapes: dict[str, list[int] | None] = {}
 
     def flush(writer, url: str, keys: list[str], batch: list[torch.Tensor]) -> None:
         nonlocal total_bytes, n
@@ -127,7 +128,8 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
         "teacher": teacher.describe(),
         "spec": dataclasses.asdict(spec) if spec is not None else None,
         "resolution": list(resolution), "patch_size": teacher.patch_size,
-        "grid": shapes.get("features", [None, None, None])[1:], "region": region._asdict(),
+        "grid": shapes.get("features", [None, None, None])[1:],  # type: ignore[index]  # never None
+        "region": region._asdict(),
         "features_shape": shapes.get("features"), "summary_shape": shapes.get("summary"),
         "dtype": dtype, "count": n, "skipped": errors.total, "skipped_examples": errors.examples,
         "skipped_keys": skipped_keys,
@@ -139,7 +141,7 @@ def cache_teacher(teacher: Teacher, shards: str, out: Union[str, Path], resoluti
     return meta
 
 
-def cache_teachers(specs: Sequence[Union[TeacherSpec, dict]], shards: str, out: Union[str, Path],
+def cache_teachers(specs: Sequence[TeacherSpec | dict], shards: str, out: str | Path,
                    student_grid: tuple[int, int], **kw: Any) -> dict[str, dict[str, Any]]:
     """Cache every teacher at the resolution that matches the student's patch grid (its fixed size otherwise)."""
     results = {}
@@ -149,8 +151,8 @@ def cache_teachers(specs: Sequence[Union[TeacherSpec, dict]], shards: str, out: 
     return results
 
 
-def cache_recipe(config: str, out: Optional[str] = None, shards: Optional[str] = None,
-                 teachers: Optional[list[str]] = None, **kw: Any) -> tuple[str, dict[str, dict[str, Any]]]:
+def cache_recipe(config: str, out: str | None = None, shards: str | None = None,
+                 teachers: list[str] | None = None, **kw: Any) -> tuple[str, dict[str, dict[str, Any]]]:
     """`radio cache`: the teachers of the recipe file `config` (`teachers`, else its data.cache.teachers, else
     all) cached over its training shards (or `shards`) into `out` (else its data.cache.dir), for its main student
     grid. The recipe is checked first (without its data.cache, which this writes); `kw` go to `cache_teacher`.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import recipes
 
@@ -21,8 +21,8 @@ NOTES = [
 ]
 
 
-def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[int] = None,
-             progress: bool = True, extra_args: Optional[list[str]] = None) -> Path:
+def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: int | None = None,
+             progress: bool = True, extra_args: list[str] | None = None) -> Path:
     """Run the demo; returns the path of report.md."""
     from eval.datasets import read_info, shard_label_classes
     from eval.options import EvalOptions
@@ -52,7 +52,8 @@ def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[i
         args += ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(1, steps // 3))]
     cli = run_fit(args + list(extra_args or []))
     trainer = cli.trainer
-    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+    callback = trainer.checkpoint_callback  # the recipe's ModelCheckpoint
+    ckpt = callback.last_model_path if callback else ""  # type: ignore[attr-defined]
     if not ckpt or not Path(ckpt).is_file():
         found = sorted(run_dir.rglob("last*.ckpt"))
         if not found:
@@ -76,7 +77,8 @@ def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[i
                               "probes": {"knn": knn["probes"]["knn"]}}
 
     print("[5/5] writing the report", flush=True)
-    metrics_csv = Path(trainer.logger.log_dir) / "metrics.csv"
+    log_dir = Path(trainer.logger.log_dir)  # type: ignore[union-attr,arg-type]  # the recipe's CSVLogger
+    metrics_csv = log_dir / "metrics.csv"
     plots = []
     training: dict[str, Any] = {"checkpoint": ckpt, "steps": int(trainer.global_step), "metrics": {}}
     if metrics_csv.is_file():
@@ -86,7 +88,7 @@ def run_demo(out: str | Path = "runs/demo", count: int = 1000, steps: Optional[i
         for k, series in read_metrics_csv(metrics_csv).items():
             if k.startswith(("train/", "val/")) and not k.endswith("_epoch"):
                 training["metrics"][k] = {"first": series[0][1], "last": series[-1][1], "points": len(series)}
-    fidelity_lines = _training_fidelity(Path(trainer.logger.log_dir), out, report, resolution)
+    fidelity_lines = _training_fidelity(log_dir, out, report, resolution)
     report["training"] = training
     report["plots"] = plots
     report["notes"] = NOTES

@@ -14,7 +14,8 @@ import logging
 import os
 import pickle
 import warnings
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -46,7 +47,7 @@ class RadioCLI(LightningCLI):
     """LightningCLI whose recipes are checked (radio.train.recipe_checks) before any class is instantiated."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._run_lock: Optional[RunLock] = None
+        self._run_lock: RunLock | None = None
         try:
             super().__init__(*args, **kwargs)  # runs the subcommand
         finally:
@@ -78,8 +79,8 @@ class RadioCLI(LightningCLI):
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, RadioCheckpoint):
                 cb._ensure_dirpath(trainer)
-            if getattr(cb, "dirpath", None):
-                dirs.append(("the checkpoint directory", cb.dirpath))
+            if dirpath := getattr(cb, "dirpath", None):
+                dirs.append(("the checkpoint directory", dirpath))
         for lg in trainer.loggers:
             d = getattr(lg, "root_dir", None) or lg.save_dir
             if d:
@@ -122,7 +123,7 @@ class RadioCLI(LightningCLI):
         self._safe_loading()
 
 
-def run_fit(argv: Optional[Sequence[str]] = None, subcommand: str = "fit") -> RadioCLI:
+def run_fit(argv: Sequence[str] | None = None, subcommand: str = "fit") -> RadioCLI:
     """Run `radio fit` with the given arguments (e.g. ["--config", "recipes/demo.yaml"])."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
@@ -138,7 +139,7 @@ def run_fit(argv: Optional[Sequence[str]] = None, subcommand: str = "fit") -> Ra
                 f"Use a checkpoint written by radio fit. Details: {str(e).splitlines()[0]}") from e
 
 
-def _ckpt_arg(argv: Optional[Sequence[str]]) -> str:
+def _ckpt_arg(argv: Sequence[str] | None) -> str:
     args = list(argv or [])
     for i, a in enumerate(args):
         if a == "--ckpt_path" and i + 1 < len(args):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from radio.cli.eval_cmd import add_eval_parser
 
@@ -142,13 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from radio.cache.format import CacheMismatchError
     from radio.data.health import BadDataError
     from radio.export import ExportError
-    from radio.train.guard import NonFiniteLossError
     from radio.schema import ConfigError
+    from radio.train.guard import NonFiniteLossError
 
     try:
         if argv and argv[0] in ("fit", "validate"):

@@ -12,8 +12,9 @@ from the feature cache, its aligned crop, radio.cache.views) and its partition's
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -54,13 +55,13 @@ class Partition:
     """
 
     image: Tensor
-    teachers: Optional[list[str]] = None
+    teachers: list[str] | None = None
     weight: float = 1.0
     resolution: int = 0
-    label: Optional[Tensor] = None
+    label: Tensor | None = None
     key: list[str] = field(default_factory=list)
     cached: dict[str, CachedTargets] = field(default_factory=dict)
-    crop: Optional[Tensor] = None
+    crop: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.resolution:
@@ -88,7 +89,7 @@ class TrainBatch:
     reads: int = 0
     faults: list[dict[str, str]] = field(default_factory=list)
 
-    def pin_memory(self) -> "TrainBatch":
+    def pin_memory(self) -> TrainBatch:
         return _pinned(self)
 
 
@@ -100,7 +101,7 @@ class ImageBatch:
     label: Tensor
     key: list[str]
 
-    def pin_memory(self) -> "ImageBatch":
+    def pin_memory(self) -> ImageBatch:
         return _pinned(self)
 
 
@@ -131,7 +132,7 @@ class PartitionBatcher:
         cache: the aligned crops of the cached teachers (None: no cache).
     """
 
-    def __init__(self, schedule: Schedule, min_crop_scale: float, cache: Optional[CachedViews] = None) -> None:
+    def __init__(self, schedule: Schedule, min_crop_scale: float, cache: CachedViews | None = None) -> None:
         self.schedule = schedule
         self.cache = cache
         self.transforms = {r: train_transform(r, min_crop_scale) for r in schedule.resolutions()}
@@ -173,7 +174,7 @@ class StepStream(IterableDataset):
     (seed, s, rank)."""
 
     def __init__(self, index: ShardIndex, order: DataOrder, batcher: PartitionBatcher, start_step: int = 0,
-                 features: Optional[FeatureIndex] = None, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+                 features: FeatureIndex | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
         self.index, self.order, self.batcher, self.start_step = index, order, batcher, start_step
         self.features = features

@@ -24,7 +24,7 @@ each: the partition's batch size less any bad samples), validation batches radio
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -80,12 +80,12 @@ class ShardDataModule(L.LightningDataModule):
             threshold (89,478,485 pixels). PIL refuses images over twice its threshold whatever this says.
     """
 
-    def __init__(self, shards: str, val_shards: Optional[str] = None, resolution: Optional[int] = None,
-                 batch_size: Optional[int] = None, stages: Optional[list[StageConfig]] = None,
-                 val_resolution: Optional[int] = None, val_batch_size: Optional[int] = None, num_workers: int = 2,
+    def __init__(self, shards: str, val_shards: str | None = None, resolution: int | None = None,
+                 batch_size: int | None = None, stages: list[StageConfig] | None = None,
+                 val_resolution: int | None = None, val_batch_size: int | None = None, num_workers: int = 2,
                  min_crop_scale: float = 0.35, seed: int = 0, max_bad_fraction: float = 0.01,
-                 min_reads_for_bad_fraction: int = 1000, index_cache: Optional[str] = None,
-                 cache: Optional[CacheConfig] = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+                 min_reads_for_bad_fraction: int = 1000, index_cache: str | None = None,
+                 cache: CacheConfig | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
         if stages and (resolution is not None or batch_size is not None):
             raise ValueError("data: give either data.resolution/data.batch_size (one partition) or data.stages, "
@@ -123,13 +123,13 @@ class ShardDataModule(L.LightningDataModule):
         self.health = DataHealth()  # training: distinct bad items seen by this process
         self.cache = coerce_config(cache) if cache is not None else None
         self.cache_layout = None
-        self.index: Optional[ShardIndex] = None
-        self.features: Optional[FeatureIndex] = None
-        self.order: Optional[DataOrder] = None
+        self.index: ShardIndex | None = None
+        self.features: FeatureIndex | None = None
+        self.order: DataOrder | None = None
         self._train_urls: list[str] = []
         self._val_urls: list[str] = []
         self._resume: dict[str, Any] = {}
-        self._next_step: Optional[int] = None
+        self._next_step: int | None = None
 
     # -- setup -----------------------------------------------------------------------------------------------
     def _layout(self) -> tuple[int, int]:
@@ -138,7 +138,7 @@ class ShardDataModule(L.LightningDataModule):
             return 1, 0
         return int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         self._train_urls = resolve_shards(self.shards, "data.shards")
         if self.cache is not None and self.cache_layout is None:
             self.cache_layout = read_layout(self.cache, self._train_urls)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Fault(NamedTuple):
         return dict(self._asdict())
 
 
-def fault_from(exn: BaseException, kind: Optional[str] = None) -> Fault:
+def fault_from(exn: BaseException, kind: str | None = None) -> Fault:
     """A Fault from an exception carrying `radio_url` / `radio_key` (radio.data.shards.SampleError) or not."""
     return Fault(kind or type(exn).__name__, str(getattr(exn, "radio_url", "") or ""),
                  str(getattr(exn, "radio_key", "") or ""), str(exn))
@@ -76,7 +77,7 @@ class DataHealth:
             log.warning("skipped bad data: %s", f.describe())
         return new
 
-    def merge(self, other: "DataHealth") -> "DataHealth":
+    def merge(self, other: DataHealth) -> DataHealth:
         self.record(other.all())
         return self
 
@@ -102,14 +103,14 @@ class DataHealth:
         return {"faults": [list(k) + [m] for k, m in self.faults.items()]}
 
     @classmethod
-    def from_state(cls, state: Optional[dict[str, Any]]) -> "DataHealth":
+    def from_state(cls, state: dict[str, Any] | None) -> DataHealth:
         h = cls()
         for kind, shard, key, message in (state or {}).get("faults", []):
             h.faults[(kind, shard, key)] = message
         return h
 
 
-def gather_health(local: Optional[DataHealth]) -> DataHealth:
+def gather_health(local: DataHealth | None) -> DataHealth:
     """The distinct faults of every rank merged into a new DataHealth (`local`: this rank's, or None for
     none). Under torch.distributed a collective: every rank calls it."""
     import torch.distributed as dist

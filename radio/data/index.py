@@ -17,9 +17,10 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class ShardScan(NamedTuple):
     keys: np.ndarray
 
 
-def split_name(name: str) -> tuple[Optional[str], Optional[str]]:
+def split_name(name: str) -> tuple[str | None, str | None]:
     """'dir/000123.seg.png' -> ('dir/000123', 'seg.png'); names without an extension -> (None, None)."""
     m = _NAME.match(name)
     return (m.group(1), m.group(2).lower()) if m else (None, None)
@@ -109,7 +110,7 @@ def scan_shard(url: str, required: Sequence[str] = IMAGE_EXTS) -> ShardScan:
     return ShardScan(arr[:, 0].copy(), arr[:, 1].copy(), faults, np.asarray(keys, dtype=str))
 
 
-def _cached_scan(url: str, cache_dir: Optional[str], required: Sequence[str]) -> ShardScan:
+def _cached_scan(url: str, cache_dir: str | None, required: Sequence[str]) -> ShardScan:
     if not cache_dir:
         return scan_shard(url, required)
     st = os.stat(url)
@@ -151,8 +152,8 @@ class ShardIndex:
         self._pid = os.getpid()
 
     @classmethod
-    def build(cls, urls: Sequence[str], cache_dir: Optional[str] = None, progress: bool = True,
-              required: Sequence[str] = IMAGE_EXTS) -> "ShardIndex":
+    def build(cls, urls: Sequence[str], cache_dir: str | None = None, progress: bool = True,
+              required: Sequence[str] = IMAGE_EXTS) -> ShardIndex:
         """Scan `urls` (or read their scans from `cache_dir`); samples need a member of `required`."""
         it: Any = urls
         if progress and len(urls) > 8:

@@ -13,8 +13,6 @@ B x W sees the same global batches as W ranks with batch size B.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from radio.data.schedule import Schedule
@@ -123,7 +121,7 @@ class DataOrder:
         """Epochs completed at the start of `step` (fractional)."""
         return self.step_start(step) / self.num_samples
 
-    def with_offset_for(self, step: int, position: Optional[int]) -> "DataOrder":
+    def with_offset_for(self, step: int, position: int | None) -> DataOrder:
         """The same order shifted so that `step` starts at stream `position` (None: unchanged)."""
         if position is None:
             return self

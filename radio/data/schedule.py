@@ -14,7 +14,7 @@ References: RADIOv2.5 (Heinrich et al., 2024), multi-resolution training and mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from radio.ranges import COUNT, NON_NEGATIVE, OPTIONAL_COUNT, range_errors
 from radio.schema import SchemaError, parse
@@ -33,7 +33,7 @@ class PartitionConfig:
 
     resolution: int = 224
     batch_size: int = 32
-    teachers: Optional[list[str]] = None
+    teachers: list[str] | None = None
     weight: float = 1.0
 
 
@@ -42,7 +42,7 @@ class StageConfig:
     """Partitions trained together for `steps` optimizer steps (None: until the end of training; last stage)."""
 
     partitions: list[PartitionConfig] = field(default_factory=list)
-    steps: Optional[int] = None
+    steps: int | None = None
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Schedule:
             raise SchemaError(errors)
 
     @classmethod
-    def single(cls, resolution: int, batch_size: int) -> "Schedule":
+    def single(cls, resolution: int, batch_size: int) -> Schedule:
         return cls([StageConfig([PartitionConfig(resolution, batch_size)])])
 
     def stage_index(self, step: int) -> int:
@@ -83,7 +83,7 @@ class Schedule:
         return self.stages[-1]
 
 
-def resolution_errors(field: str, res: Any, patch: Optional[int], max_res: Optional[int]) -> list[str]:
+def resolution_errors(field: str, res: Any, patch: int | None, max_res: int | None) -> list[str]:
     """Problems of one resolution field: a positive int, a multiple of the patch size, within the maximum."""
     if not COUNT.accepts(res):
         return [f"{field}: must be a positive number of pixels (an integer >= 1), got {res!r}"]
@@ -95,8 +95,8 @@ def resolution_errors(field: str, res: Any, patch: Optional[int], max_res: Optio
     return []
 
 
-def schedule_errors(stages: list[Any], patch: Optional[int] = None, max_resolution: Optional[int] = None,
-                    teacher_names: Optional[list[str]] = None) -> list[str]:
+def schedule_errors(stages: list[Any], patch: int | None = None, max_resolution: int | None = None,
+                    teacher_names: list[str] | None = None) -> list[str]:
     """Problems of a stage list, each naming its field (empty when the schedule is valid)."""
     errors: list[str] = []
     if not stages:

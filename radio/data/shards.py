@@ -16,9 +16,10 @@ import logging
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -51,7 +52,7 @@ class ShardSink:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "ShardSink":
+    def __enter__(self) -> ShardSink:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -128,7 +129,7 @@ class OversizedImage(SampleError):
     radio_kind = "OversizedImage"
 
 
-def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, mode: Optional[str] = "RGB") -> Image.Image:
+def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, mode: str | None = "RGB") -> Image.Image:
     """Decode image bytes (converted to `mode`; None keeps the file's), refusing without decoding any image whose
     header declares more than `max_pixels` pixels: raises OversizedImage (url and key unset) for those, and
     whatever PIL raises for undecodable bytes."""
@@ -163,7 +164,7 @@ class Sample:
     image: Image.Image
     label: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
-    mask: Optional[np.ndarray] = None
+    mask: np.ndarray | None = None
     url: str = ""
 
 

@@ -20,15 +20,44 @@ checksums config.json records (`weights_sha256`, `config_sha256`), type- and ran
 and checks every tensor's key, shape, dtype and finiteness; any failure is an `ExportError` naming the file
 and the key.
 """
-from radio.export.format import (CHECKSUM_KEYS, CONFIG_CHECKSUM_SINCE, CONFIG_NAME, EXPORT_KEYS, FORMATS,
-                                 HF_MODEL_TYPE, HF_PREFIX, ONNX_NAME, PICKLE_NAMES, WEIGHTS_NAME, ExportError,
-                                 UnverifiedExportWarning, config_sha256, file_sha256, parse_export_config,
-                                 read_json, verification)
-from radio.export.read import (ExportInfo, check_weights_header, load, read_export, read_weights,
-                               verify_weights)
+from radio.export.format import (
+    CHECKSUM_KEYS,
+    CONFIG_CHECKSUM_SINCE,
+    CONFIG_NAME,
+    EXPORT_KEYS,
+    FORMATS,
+    HF_MODEL_TYPE,
+    HF_PREFIX,
+    ONNX_NAME,
+    PICKLE_NAMES,
+    WEIGHTS_NAME,
+    ExportError,
+    UnverifiedExportWarning,
+    config_sha256,
+    file_sha256,
+    parse_export_config,
+    read_json,
+    verification,
+)
+from radio.export.read import (
+    ExportInfo,
+    check_weights_header,
+    load,
+    read_export,
+    read_weights,
+    verify_weights,
+)
 from radio.export.state import build_model, check_finite, load_into, restore_derived_buffers
-from radio.export.write import (export_checkpoint, export_config, export_model, model_from_checkpoint,
-                                read_checkpoint, save_model, save_weights, select_adaptors)
+from radio.export.write import (
+    export_checkpoint,
+    export_config,
+    export_model,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_model,
+    save_weights,
+    select_adaptors,
+)
 
 __all__ = [
     "CHECKSUM_KEYS", "CONFIG_CHECKSUM_SINCE", "CONFIG_NAME", "EXPORT_KEYS", "FORMATS", "HF_MODEL_TYPE",

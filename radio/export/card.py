@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from radio.export.format import ExportError, read_json
 
@@ -18,7 +18,7 @@ REPORT_SEARCH_DEPTH = 5
 PRIMARY_METRICS = ("top1", "miou", "mIoU", "accuracy", "acc", "fidelity", "score")
 
 
-def find_report(ckpt_path: str | Path) -> Optional[Path]:
+def find_report(ckpt_path: str | Path) -> Path | None:
     """The nearest `report.json` in the checkpoint's folder or up to REPORT_SEARCH_DEPTH - 1 folders above,
     written after the checkpoint (an older one, e.g. left by a previous run in the same folder, is not about
     it)."""
@@ -112,7 +112,7 @@ normalized images (mean/std above).
 
 
 def model_card(config: dict[str, Any], fmt: str = "safetensors",
-               report: Optional[dict[str, Any]] = None) -> str:
+               report: dict[str, Any] | None = None) -> str:
     """Markdown model card for a native export config (see radio.export.write.export_config)."""
     s = config["student"]
     arch = (f"{s['arch']} (width {s.get('embed_dim')}, depth {s.get('depth')}, heads {s.get('num_heads')}), "

@@ -13,8 +13,9 @@ import contextvars
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from radio.model.radio_model import ModelConfig
 
@@ -41,11 +42,11 @@ class UnverifiedExportWarning(UserWarning):
 
 # The `verify` of radio.load (and of the HF / timm loaders) when the caller gives none: None checks the
 # checksums that are present and warns about missing ones; True also fails on a missing one; False skips them.
-_DEFAULT_VERIFY: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar("radio_verify", default=None)
+_DEFAULT_VERIFY: contextvars.ContextVar[bool | None] = contextvars.ContextVar("radio_verify", default=None)
 
 
 @contextlib.contextmanager
-def verification(verify: Optional[bool]) -> Iterator[None]:
+def verification(verify: bool | None) -> Iterator[None]:
     """Within the block, loads that are not given `verify` use this one (e.g. `radio eval` runs under True)."""
     token = _DEFAULT_VERIFY.set(verify)
     try:
@@ -54,7 +55,7 @@ def verification(verify: Optional[bool]) -> Iterator[None]:
         _DEFAULT_VERIFY.reset(token)
 
 
-def verify_mode(verify: Optional[bool]) -> Optional[bool]:
+def verify_mode(verify: bool | None) -> bool | None:
     """`verify`, or the `verification` in force when it is None."""
     return _DEFAULT_VERIFY.get() if verify is None else verify
 
@@ -113,7 +114,7 @@ def parse_export_config(raw: Any, source: str) -> ModelConfig:
     except (ValueError, TypeError) as e:
         raise ExportError(str(e)) from e
     s = config.student
-    derived = {"resolution_step": (raw.get("resolution_step"), s.patch_size),
+    derived: dict[str, tuple[Any, Any]] = {"resolution_step": (raw.get("resolution_step"), s.patch_size),
                "defaults.num_tokens": (budget, config.tome.num_tokens)}
     pre = raw.get("preprocessing") or {}
     for key, value in (("mean", list(s.mean)), ("std", list(s.std)), ("resolution_step", s.patch_size),

@@ -18,15 +18,22 @@ and the values' finiteness.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from radio.export.format import (CONFIG_NAME, HF_MODEL_TYPE, WEIGHTS_NAME, ExportError, file_sha256,
-                                 parse_export_config)
+from radio.export.format import (
+    CONFIG_NAME,
+    HF_MODEL_TYPE,
+    WEIGHTS_NAME,
+    ExportError,
+    file_sha256,
+    parse_export_config,
+)
 from radio.export.read import check_weights_header, read_export, verify_weights
 from radio.export.state import build_model, check_finite, load_into, restore_derived_buffers
 from radio.model.radio_model import ModelConfig, RADIOModel
@@ -44,7 +51,7 @@ class RADIOStudentConfig(PretrainedConfig):
 
     model_type = HF_MODEL_TYPE
 
-    def __init__(self, radio_config: Optional[dict[str, Any]] = None, weights_sha256: Optional[str] = None,
+    def __init__(self, radio_config: dict[str, Any] | None = None, weights_sha256: str | None = None,
                  **kwargs: Any) -> None:
         self.radio_config = dict(radio_config or {})
         self.weights_sha256 = weights_sha256
@@ -75,8 +82,8 @@ class RADIOStudentModel(PreTrainedModel):
         if isinstance(module, RADIOModel):
             restore_derived_buffers(module)
 
-    def forward(self, pixel_values: Tensor, adaptors: Optional[Sequence[str]] = None,
-                feature_fmt: str = "NLC", num_tokens: Optional[int] = None):
+    def forward(self, pixel_values: Tensor, adaptors: Sequence[str] | None = None,
+                feature_fmt: str = "NLC", num_tokens: int | None = None):
         """Same contract as `RADIOModel.forward`: StudentOutput, or name -> AdaptorOutput with `adaptors`."""
         return self.model(pixel_values, adaptors=adaptors, feature_fmt=feature_fmt, num_tokens=num_tokens)
 
@@ -100,15 +107,16 @@ class RADIOStudentModel(PreTrainedModel):
             verify_weights(info, verify)
             with torch.device("meta"):
                 check_weights_header(info, build_model(info.config, repr(str(local / CONFIG_NAME))))
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                               **kwargs)
-        problems = {k: sorted(v)[:5] for k, v in info.items()
+        model, loading = loaded
+        problems = {k: sorted(v)[:5] for k, v in loading.items()
                     if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise ExportError(f"{pretrained_model_name_or_path}: weights do not match the config: {problems}")
         check_finite(model.model.state_dict(), f"{pretrained_model_name_or_path}")
         model.eval()
-        return (model, info) if want_info else model
+        return (model, loading) if want_info else model
 
 
 def save_hf(model: RADIOModel, out: str | Path, radio_config: dict[str, Any]) -> Path:

@@ -11,8 +11,8 @@ PyTorch on it (tests/export/test_onnx.py). The legacy TorchScript exporter bakes
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +56,7 @@ def _example_grid(max_grid: int) -> tuple[int, int]:
     return (2, 3) if max_grid >= 4 else (2, 2)
 
 
-def export_onnx(model: RADIOModel, path: str | Path, opset: Optional[int] = None) -> list[str]:
+def export_onnx(model: RADIOModel, path: str | Path, opset: int | None = None) -> list[str]:
     """Write `model` (eval, float32) as ONNX with dynamic batch/height/width; returns the output names."""
     path = Path(path)
     graph = OnnxGraph(model.float().eval()).eval()
@@ -107,7 +107,7 @@ def compare_onnx(model: RADIOModel, path: str | Path, sizes: Sequence[tuple[int,
     return result
 
 
-def check_onnx(model: RADIOModel, path: str | Path, sizes: Optional[Sequence[tuple[int, int]]] = None,
+def check_onnx(model: RADIOModel, path: str | Path, sizes: Sequence[tuple[int, int]] | None = None,
                tolerance: float = TOLERANCE) -> dict[str, dict[str, float]]:
     """`compare_onnx` at `check_sizes` (or `sizes`); raises ExportError when a difference reaches
     `tolerance * max(1, max_abs_value)` (absolute for outputs up to 1, else relative to the largest)."""

@@ -11,13 +11,27 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 
-from radio.export.format import (CHECKSUM_KEYS, CONFIG_CHECKSUM_SINCE, CONFIG_NAME, HF_MODEL_TYPE, HF_PREFIX,
-                                 ONNX_NAME, PICKLE_NAMES, WEIGHTS_NAME, ExportError, UnverifiedExportWarning,
-                                 config_sha256, file_sha256, parse_export_config, read_json, verify_mode)
+from radio.export.format import (
+    CHECKSUM_KEYS,
+    CONFIG_CHECKSUM_SINCE,
+    CONFIG_NAME,
+    HF_MODEL_TYPE,
+    HF_PREFIX,
+    ONNX_NAME,
+    PICKLE_NAMES,
+    WEIGHTS_NAME,
+    ExportError,
+    UnverifiedExportWarning,
+    config_sha256,
+    file_sha256,
+    parse_export_config,
+    read_json,
+    verify_mode,
+)
 from radio.export.state import build_model, check_finite, check_state, load_into, restore_derived_buffers
 from radio.model.radio_model import FORMAT_VERSION, ModelConfig, RADIOModel
 
@@ -35,7 +49,7 @@ class ExportInfo(NamedTuple):
     prefix: str
 
 
-def read_export(path: str | Path, verify: Optional[bool] = None) -> ExportInfo:
+def read_export(path: str | Path, verify: bool | None = None) -> ExportInfo:
     """Read and validate an export directory's config (native or Hugging Face layout); loads no weights.
 
     verify: unless False (None: the `verification` default), a recorded config_sha256 must match the config.
@@ -83,7 +97,7 @@ def read_export(path: str | Path, verify: Optional[bool] = None) -> ExportInfo:
     return ExportInfo(config, native, layout, weights, prefix)
 
 
-def verify_weights(info: ExportInfo, verify: Optional[bool] = None) -> None:
+def verify_weights(info: ExportInfo, verify: bool | None = None) -> None:
     """Compare the weights file with the sha256 recorded at export; a mismatch means corruption/truncation.
 
     verify: None (default: the `verification` in force, normally None) checks the checksums present and warns
@@ -109,7 +123,7 @@ def verify_weights(info: ExportInfo, verify: Optional[bool] = None) -> None:
                           f"weights_sha256 in {CONFIG_NAME} (re-export or re-download it)")
 
 
-def read_weights(info: ExportInfo, verify: Optional[bool] = None) -> dict[str, torch.Tensor]:
+def read_weights(info: ExportInfo, verify: bool | None = None) -> dict[str, torch.Tensor]:
     """The export's state dict with the layout prefix removed (safetensors only; never unpickles)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -152,7 +166,7 @@ def check_weights_header(info: ExportInfo, model: torch.nn.Module) -> None:
                 repr(str(info.weights)))
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", verify: Optional[bool] = None) -> RADIOModel:
+def load(path: str | Path, device: str | torch.device = "cpu", verify: bool | None = None) -> RADIOModel:
     """Load an exported student (eval mode) from a native or `--format hf` directory.
 
     Needs none of the teacher libraries (nor transformers); never unpickles. Every config value, and every

@@ -7,7 +7,7 @@ buffers, in no weights file, are rebuilt from the config. Any failure is an Expo
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -38,6 +38,7 @@ def restore_derived_buffers(model: RADIOModel) -> None:
     from radio.normalize import Normalizer
 
     s = model.config.student
+    derived: list[tuple[torch.nn.Module, dict[str, torch.Tensor]]]
     derived = [(model, {"input_mean": torch.tensor(s.mean, dtype=torch.float32).view(1, 3, 1, 1),
                         "input_std": torch.tensor(s.std, dtype=torch.float32).view(1, 3, 1, 1)})]
     for norm in model.normalizers.values():
@@ -56,7 +57,7 @@ def restore_derived_buffers(model: RADIOModel) -> None:
                           "config")
 
 
-def check_state(shapes: dict[str, tuple], dtypes: Optional[dict[str, Any]], own: dict[str, torch.Tensor],
+def check_state(shapes: dict[str, tuple], dtypes: dict[str, Any] | None, own: dict[str, torch.Tensor],
                 where: str) -> None:
     """Missing, unexpected, mis-shaped and (with `dtypes`) mis-typed keys, as one ExportError."""
     missing = [k for k in own if k not in shapes]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -40,7 +40,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({ENTRYPOINT: _cfg()})
 
 
-def _resolve(source: Any) -> tuple[Optional[ModelConfig], Optional[Path]]:
+def _resolve(source: Any) -> tuple[ModelConfig | None, Path | None]:
     """(config, weights file) from an export dir, a weights file, a config.json, or a config dict."""
     if source is None:
         return None, None
@@ -117,5 +117,6 @@ def radio_student(pretrained: bool = False, radio_config: Any = None, **kwargs: 
     return build_model_with_cfg(
         lambda **_: RADIOStudent(student, num_summary_tokens=num_summary), ENTRYPOINT, pretrained,
         pretrained_cfg_overlay=overlay, pretrained_filter_fn=_backbone_state,
-        kwargs_filter=("num_classes", "global_pool", "in_chans"), **timm_kwargs)
+        kwargs_filter=("num_classes", "global_pool", "in_chans"),  # type: ignore[arg-type]  # timm: 1-tuple
+        **timm_kwargs)
 

@@ -16,14 +16,23 @@ Checkpoints are read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
 from radio.export.card import find_report, model_card, read_report
-from radio.export.format import (CONFIG_NAME, FORMATS, ONNX_NAME, WEIGHTS_NAME, ExportError, config_sha256,
-                                 file_sha256, write_json)
+from radio.export.format import (
+    CONFIG_NAME,
+    FORMATS,
+    ONNX_NAME,
+    WEIGHTS_NAME,
+    ExportError,
+    config_sha256,
+    file_sha256,
+    write_json,
+)
 from radio.export.state import build_model, load_into, restore_derived_buffers
 from radio.model.radio_model import FORMAT_VERSION, ModelConfig, RADIOModel
 
@@ -63,7 +72,7 @@ def model_from_checkpoint(path: str | Path) -> RADIOModel:
     return model.eval()
 
 
-def select_adaptors(model: RADIOModel, keep: Optional[Sequence[str]]) -> RADIOModel:
+def select_adaptors(model: RADIOModel, keep: Sequence[str] | None) -> RADIOModel:
     """A copy of `model` carrying only the adaptor heads (and normalizers) named in `keep`; None keeps all.
 
     The backbone keeps every summary token: the student's summary output does not change.
@@ -89,8 +98,8 @@ def select_adaptors(model: RADIOModel, keep: Optional[Sequence[str]]) -> RADIOMo
 
 # ---- writing ----------------------------------------------------------------------------------------------
 def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str = "safetensors",
-                      adaptors: Optional[Sequence[str]] = None, num_tokens: Optional[int] = None,
-                      report: Optional[str | Path] = None, extra: Optional[dict[str, Any]] = None,
+                      adaptors: Sequence[str] | None = None, num_tokens: int | None = None,
+                      report: str | Path | None = None, extra: dict[str, Any] | None = None,
                       verify_onnx: bool = True, merge_r: int = 0, merge_schedule: str = "constant") -> Path:
     """Write the student of a fit checkpoint to `out` in format `fmt` (see module docstring).
 
@@ -121,8 +130,8 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str = "safete
 
 
 def export_model(model: RADIOModel, out: str | Path, fmt: str = "safetensors",
-                 provenance: Optional[dict[str, Any]] = None, num_tokens: Optional[int] = None,
-                 report: Optional[dict[str, Any]] = None, verify_onnx: bool = True) -> Path:
+                 provenance: dict[str, Any] | None = None, num_tokens: int | None = None,
+                 report: dict[str, Any] | None = None, verify_onnx: bool = True) -> Path:
     """Write `model` to `out` in format `fmt`; see `export_checkpoint` for the arguments."""
     if num_tokens is not None and (not isinstance(num_tokens, int) or num_tokens < 1):
         raise ExportError(f"--num-tokens must be a positive integer, got {num_tokens!r}")
@@ -155,8 +164,8 @@ def export_model(model: RADIOModel, out: str | Path, fmt: str = "safetensors",
     return out
 
 
-def export_config(model: RADIOModel, provenance: Optional[dict[str, Any]] = None,
-                  num_tokens: Optional[int] = None) -> dict[str, Any]:
+def export_config(model: RADIOModel, provenance: dict[str, Any] | None = None,
+                  num_tokens: int | None = None) -> dict[str, Any]:
     """The native config.json content (without the checksums)."""
     config = model.config.to_dict()
     config["format_version"] = FORMAT_VERSION  # the layout written here, whatever the checkpoint's was
@@ -173,7 +182,7 @@ def export_config(model: RADIOModel, provenance: Optional[dict[str, Any]] = None
     return config
 
 
-def save_model(model: RADIOModel, out: str | Path, provenance: Optional[dict[str, Any]] = None) -> Path:
+def save_model(model: RADIOModel, out: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Native export of an in-memory model (safetensors layout)."""
     return export_model(model, out, "safetensors", provenance=provenance)
 

@@ -4,8 +4,9 @@ MLP shape (AM-RADIO / RADIOv2.5): Linear -> k x residual(LN -> GELU -> Linear) -
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -21,7 +22,7 @@ class AdaptorConfig:
         num_inner: number of residual (LN -> GELU -> Linear) blocks.
     """
 
-    hidden_dim: Optional[int] = None
+    hidden_dim: int | None = None
     num_inner: int = 1
 
     @classmethod
@@ -65,7 +66,7 @@ class TeacherAdaptor(nn.Module):
         feature_dim: teacher feature width.
     """
 
-    def __init__(self, in_dim: int, summary_dim: Optional[int], feature_dim: int, cfg: AdaptorConfig) -> None:
+    def __init__(self, in_dim: int, summary_dim: int | None, feature_dim: int, cfg: AdaptorConfig) -> None:
         super().__init__()
         hidden = cfg.hidden_dim or max(feature_dim, summary_dim or 0, in_dim)
         self.summary = MLPAdaptor(in_dim, hidden, summary_dim, cfg.num_inner) if summary_dim else None

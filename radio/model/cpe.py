@@ -82,7 +82,7 @@ class CroppedPosEmbed(nn.Module):
     def inference_window(self, h: int, w: int) -> Tensor:
         """(1, C, h, w): the grid resized to max(h, w) squared, top-left h x w window."""
         side = max(h, w)
-        pe = self.pos_embed
+        pe: Tensor = self.pos_embed
         if side != self.max_grid:
             pe = F.interpolate(pe.float(), size=(side, side), mode="bilinear", align_corners=False,
                                antialias=side < self.max_grid).to(pe.dtype)

@@ -10,7 +10,7 @@ References: Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch.nn.functional as F
 from timm.layers import Attention
@@ -28,7 +28,7 @@ class MergeStep(NamedTuple):
     """
 
     x: Tensor
-    size: Optional[Tensor]
+    size: Tensor | None
     unmerge: Unmerge
 
 
@@ -39,7 +39,7 @@ class MergingAttention(Attention):
     the two bit for bit against the installed timm (size=None, fused and explicit paths, qk_norm/gate).
     """
 
-    def forward_with_metric(self, x: Tensor, size: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward_with_metric(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Self-attention with proportional attention.
 
         Args:
@@ -73,7 +73,9 @@ class MergingBlock(Block):
     Build it through timm with `block_fn=MergingBlock, attn_layer=MergingAttention`.
     """
 
-    def forward_merging(self, x: Tensor, size: Optional[Tensor], r: int, protected: int) -> MergeStep:
+    attn: MergingAttention
+
+    def forward_merging(self, x: Tensor, size: Tensor | None, r: int, protected: int) -> MergeStep:
         """Attention (proportional to `size`), merge r tokens (the first `protected` never merge), MLP.
 
         Args:

@@ -6,8 +6,9 @@ teacher libraries. Training (radio.train) and export/load (radio.export) both bu
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,7 @@ class TeacherHead:
     """
 
     name: str
-    summary_dim: Optional[int]
+    summary_dim: int | None
     feature_dim: int
     patch_size: int = 16
     normalizer: str = "none"
@@ -72,14 +73,14 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
     tome: TokenMergeConfig = field(default_factory=TokenMergeConfig)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["student"]["mean"] = list(self.student.mean)
         d["student"]["std"] = list(self.student.std)
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], source: str = "config") -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> ModelConfig:
         """Parse and validate a config dict (radio.schema); every error names the source and the key.
 
         Every value is type- and range-checked (an export is untrusted input): ints are ints (not bools,
@@ -246,7 +247,7 @@ class RADIOModel(nn.Module):
         raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
 
     # -- token merging ---------------------------------------------------------------------------------------
-    def set_token_merging(self, r: int = 0, schedule: str = "constant", num_tokens: Optional[int] = None) -> None:
+    def set_token_merging(self, r: int = 0, schedule: str = "constant", num_tokens: int | None = None) -> None:
         """Set the token-merging defaults (replacing all three; `set_token_merging()` turns merging off).
 
         Args:
@@ -270,8 +271,8 @@ class RADIOModel(nn.Module):
         """
         return budget_soft_matching(tokens.patches, tokens.grid, num_tokens)
 
-    def forward(self, x: Tensor, adaptors: Optional[Sequence[str]] = None, feature_fmt: str = "NLC",
-                num_tokens: Optional[int] = None):
+    def forward(self, x: Tensor, adaptors: Sequence[str] | None = None, feature_fmt: str = "NLC",
+                num_tokens: int | None = None):
         """Backbone output, or a dict name -> AdaptorOutput in each teacher's space when `adaptors` is given.
 
         num_tokens: merge the patch features once, after the encoder, to exactly this many tokens (B, K, C),
@@ -299,7 +300,7 @@ class RADIOModel(nn.Module):
             out[name] = AdaptorOutput(a.summary, finish(a.features))
         return out
 
-    def forward_intermediates(self, x: Tensor, indices: Optional[int | Sequence[int]] = None,
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
                               feature_fmt: str = "NLC", stop_early: bool = False) -> IntermediatesOutput:
         """Backbone outputs after selected blocks (e.g. for dense heads or VLMs that read several layers).
 

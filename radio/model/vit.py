@@ -9,8 +9,9 @@ ICLR 2024).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -18,8 +19,17 @@ from torch import Tensor
 
 from radio.model.cpe import CroppedPosEmbed
 from radio.model.merging import MergingAttention, MergingBlock
-from radio.ranges import (COUNT, NON_NEGATIVE_INT, OPTIONAL_COUNT, OPTIONAL_NON_NEGATIVE_INT, POSITIVE, PROBABILITY,
-                          Range, fields_errors, range_errors)
+from radio.ranges import (
+    COUNT,
+    NON_NEGATIVE_INT,
+    OPTIONAL_COUNT,
+    OPTIONAL_NON_NEGATIVE_INT,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    fields_errors,
+    range_errors,
+)
 from radio.schema import SchemaError
 from radio.tome import group_index, merge_errors, merge_schedule
 
@@ -58,11 +68,11 @@ class StudentConfig:
 
     arch: str = "vit_base"
     patch_size: int = 16
-    embed_dim: Optional[int] = None
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
     mlp_ratio: float = 4.0
-    num_registers: Optional[int] = None
+    num_registers: int | None = None
     register_multiple: int = 8
     max_resolution: int = 2048
     cpe_drop: float = 0.1
@@ -154,7 +164,7 @@ class MergedTokens(NamedTuple):
     """
 
     tokens: Tensor
-    size: Optional[Tensor]
+    size: Tensor | None
     groups: Tensor
 
     def unmerge(self) -> Tensor:
@@ -222,7 +232,7 @@ class RADIOStudent(VisionTransformer):
             return super().forward_features(x)
         return self.forward_merged(x, schedule).unmerge()
 
-    def forward_merged(self, x: Tensor, schedule: Optional[Sequence[int]] = None) -> MergedTokens:
+    def forward_merged(self, x: Tensor, schedule: Sequence[int] | None = None) -> MergedTokens:
         """Run the blocks with token merging; `schedule` defaults to the active one. x: (B, 3, H, W)."""
         schedule = self.active_merge_schedule() if schedule is None else tuple(schedule)
         if len(schedule) != len(self.blocks):

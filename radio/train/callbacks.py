@@ -25,7 +25,7 @@ import secrets
 import shutil
 import uuid
 from datetime import timedelta
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 from weakref import proxy
 
 import lightning as L
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _TEMPORARY = re.compile(r".+\.ckpt\.tmp(\.\d+\.[0-9a-f]+)?$")  # what atomic_save_checkpoint writes (and wrote)
 
 
-def atomic_save_checkpoint(trainer: "L.Trainer", filepath: str, weights_only: bool = False) -> None:
+def atomic_save_checkpoint(trainer: L.Trainer, filepath: str, weights_only: bool = False) -> None:
     """trainer.save_checkpoint into `filepath` through a temporary file and a rename (call on every rank)."""
     # unique per run and save; the same on every rank (sharded strategies write one path from all of them)
     tmp = trainer.strategy.broadcast(f"{filepath}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
@@ -71,7 +71,7 @@ class CheckpointHead(NamedTuple):
     """What picking a checkpoint to resume needs: its global step and run id (None for older checkpoints)."""
 
     global_step: int
-    run_id: Optional[str]
+    run_id: str | None
 
 
 def read_checkpoint_head(path: str) -> CheckpointHead:
@@ -89,7 +89,7 @@ def read_checkpoint_head(path: str) -> CheckpointHead:
     return CheckpointHead(ckpt["global_step"], run.get("id") if isinstance(run, dict) else None)
 
 
-def resume_checkpoint(dirpath: str, report: bool = True) -> Optional[str]:
+def resume_checkpoint(dirpath: str, report: bool = True) -> str | None:
     """The checkpoint `--ckpt_path last` resumes from in `dirpath` (None if no file there is intact): among the
     intact `*.ckpt` files of the run that wrote the newest of them, the highest global step (`last*.ckpt` on a
     tie). Unreadable files are skipped, each named in a warning when `report`; a whole file that holds more than
@@ -127,9 +127,9 @@ class RadioCheckpoint(ModelCheckpoint):
         train_time_interval: save also after this much training time.
     """
 
-    def __init__(self, every_n_train_steps: int = 1000, keep_last: int = 3, dirpath: Optional[str] = None,
+    def __init__(self, every_n_train_steps: int = 1000, keep_last: int = 3, dirpath: str | None = None,
                  filename: str = "{step}", save_last: bool = True, verbose: bool = False,
-                 train_time_interval: Optional[timedelta] = None) -> None:
+                 train_time_interval: timedelta | None = None) -> None:
         if every_n_train_steps < 1:
             raise ValueError(f"RadioCheckpoint.every_n_train_steps: must be >= 1, got {every_n_train_steps}")
         if keep_last == 0 or keep_last < -1:
@@ -140,11 +140,11 @@ class RadioCheckpoint(ModelCheckpoint):
         self.keep_last = keep_last
         self.run_id = uuid.uuid4().hex  # replaced by the checkpoint's on a resume
 
-    def _ensure_dirpath(self, trainer: "L.Trainer") -> None:
+    def _ensure_dirpath(self, trainer: L.Trainer) -> None:
         if self.dirpath is None:
             self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
-    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._ensure_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero and os.path.isdir(str(self.dirpath)):  # writes that a kill interrupted
@@ -156,7 +156,7 @@ class RadioCheckpoint(ModelCheckpoint):
                     else:
                         os.remove(tmp)
 
-    def _find_last_checkpoints(self, trainer: "L.Trainer") -> set[str]:
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
         """`ckpt_path="last"` (called before setup): the newest intact checkpoint of the run (resume_checkpoint);
         Lightning's own choice where the directory holds no checkpoint file (e.g. sharded ones)."""
         self._ensure_dirpath(trainer)
@@ -167,17 +167,17 @@ class RadioCheckpoint(ModelCheckpoint):
         path = resume_checkpoint(dirpath, report=trainer.is_global_zero)
         return {os.path.normpath(path)} if path else set()
 
-    def on_save_checkpoint(self, trainer: "L.Trainer", pl_module: "L.LightningModule",
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         checkpoint["radio_run"] = {"id": self.run_id}
 
-    def on_load_checkpoint(self, trainer: "L.Trainer", pl_module: "L.LightningModule",
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         run = checkpoint.get("radio_run")
         if isinstance(run, dict) and run.get("id"):
             self.run_id = str(run["id"])
 
-    def _save_checkpoint(self, trainer: "L.Trainer", filepath: str) -> None:
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         atomic_save_checkpoint(trainer, filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -185,7 +185,7 @@ class RadioCheckpoint(ModelCheckpoint):
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
 
-    def save_now(self, trainer: "L.Trainer", step_checkpoint: bool = True) -> str:
+    def save_now(self, trainer: L.Trainer, step_checkpoint: bool = True) -> str:
         """Save a step checkpoint and `last.ckpt` now (e.g. before stopping a run); returns `last.ckpt`'s path
         (or the step checkpoint's without save_last). `step_checkpoint=False`: only `last.ckpt` (when save_last),
         so that the kept step checkpoints stay those of before (e.g. of before a run went wrong)."""
@@ -196,17 +196,17 @@ class RadioCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
         return self.last_model_path or self._last_checkpoint_saved
 
-    def saved_before(self, step: int) -> Optional[str]:
+    def saved_before(self, step: int) -> str | None:
         """The kept step checkpoint with the most steps done, at most `step` (None if none)."""
         kept = [(int(v), p) for p, v in self.best_k_models.items() if int(v) <= step and os.path.isfile(p)]
         return max(kept)[1] if kept else None
 
-    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A checkpoint of the final step, even when it is not a multiple of every_n_train_steps."""
         if not self._should_skip_saving_checkpoint(trainer):
             self.save_now(trainer)
 
 
-def radio_checkpoint(trainer: "L.Trainer") -> Optional[RadioCheckpoint]:
+def radio_checkpoint(trainer: L.Trainer) -> RadioCheckpoint | None:
     """The trainer's RadioCheckpoint callback, or None."""
     return next((c for c in trainer.checkpoint_callbacks if isinstance(c, RadioCheckpoint)), None)

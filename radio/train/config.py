@@ -6,11 +6,20 @@ the module's constructor does with a section) and the recipe checks (radio.train
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Type, TypeVar
+from typing import Any, TypeVar
 
-from radio.ranges import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, PROBABILITY, Range, fields_errors, \
-    range_errors
+from radio.ranges import (
+    COUNT,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    fields_errors,
+    range_errors,
+)
 from radio.schema import from_dict
 from teachers.base import TeacherSpec
 
@@ -118,10 +127,10 @@ class ValidationConfig:
             measured for every teacher; None means every training partition resolution.
     """
 
-    resolutions: Optional[list[int]] = None
+    resolutions: list[int] | None = None
 
 
-def coerce(cls: Type[T], value: Any, where: str) -> T:
+def coerce(cls: type[T], value: Any, where: str) -> T:
     """A section given as a dataclass instance or a dict (e.g. a checkpoint's hyper-parameters), checked:
     radio.schema.from_dict (unknown keys, types, the section's `check`); a SchemaError names every problem."""
     return from_dict(cls, value, where)

@@ -21,9 +21,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -90,7 +91,7 @@ class RunGuard:
         mean = math.nan if skip else loss_sum / max(1.0, ranks)
         return StepVerdict(skip, mean, int(reads_all), int(bad_all))
 
-    def data_error(self, datamodule: Any) -> Optional[BadDataError]:
+    def data_error(self, datamodule: Any) -> BadDataError | None:
         """The BadDataError to stop the run with when the global bad fraction passed the datamodule's
         `max_bad_fraction` (radio.data.health.check_bad_fraction), else None."""
         if datamodule is None or not hasattr(datamodule, "max_bad_fraction"):
@@ -111,7 +112,7 @@ class RunGuard:
     def must_stop(self) -> bool:
         return self.streak >= self.max_nonfinite_steps
 
-    def stop_message(self, step: int, checkpoint: Optional[str], earlier: Optional[str] = None) -> str:
+    def stop_message(self, step: int, checkpoint: str | None, earlier: str | None = None) -> str:
         """`earlier`: a checkpoint from before the streak began, offered in case the weights went bad before."""
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint could be saved"
         before = (f" (or from {earlier}, saved before step {self.first_bad_step}, if the loss stays non-finite "
@@ -136,7 +137,7 @@ class RunGuard:
         self.streak = 0
 
 
-def stop_if_needed(trainer: L.Trainer, guard: RunGuard, bad_data: Optional[BadDataError],
+def stop_if_needed(trainer: L.Trainer, guard: RunGuard, bad_data: BadDataError | None,
                    write_health: Callable[[str], Any]) -> None:
     """After a step (on every rank): when the non-finite streak reached its limit, or `bad_data` is given (too
     much bad data), save a checkpoint, write health.json saying why the run stops (`write_health(why)`) and
@@ -156,7 +157,7 @@ def stop_if_needed(trainer: L.Trainer, guard: RunGuard, bad_data: Optional[BadDa
         raise BadDataError(text)
 
 
-def save_before_stop(trainer: L.Trainer, kind: str) -> Optional[str]:
+def save_before_stop(trainer: L.Trainer, kind: str) -> str | None:
     """Save a checkpoint of the run so far before it stops (call on every rank): `last.ckpt` through the
     run's RadioCheckpoint (its kept step checkpoints stay those of before), else `{kind}-step=N.ckpt` in the
     trainer's root directory. Returns its path, or None (with a warning) when it could not be written."""
@@ -174,7 +175,7 @@ def save_before_stop(trainer: L.Trainer, kind: str) -> Optional[str]:
 
 
 def health_report(guard: RunGuard, health: DataHealth, steps: int,
-                  stopped: Optional[str] = None) -> dict[str, Any]:
+                  stopped: str | None = None) -> dict[str, Any]:
     """The run's health after `steps` steps: the guard's global counts, the distinct bad items of every rank
     (`health`, the first 1000 listed) and why the run stopped (None: it did not)."""
     g = guard

@@ -17,7 +17,7 @@ import os
 import socket
 import tempfile
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 from radio.schema import ConfigError
 
@@ -53,15 +53,15 @@ class RunLock:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.path = os.path.join(self.root, LOCK_NAME)
-        self._fd: Optional[int] = None
-        self.taken_over: Optional[dict[str, Any]] = None  # the holder recorded by a run that ended without release
+        self._fd: int | None = None
+        self.taken_over: dict[str, Any] | None = None  # the holder recorded by a run that ended without release
 
     @staticmethod
     def _me() -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    def holder(self) -> Optional[dict[str, Any]]:
+    def holder(self) -> dict[str, Any] | None:
         """What the lock file says (None when absent or unreadable)."""
         try:
             with open(self.path) as f:
@@ -70,13 +70,13 @@ class RunLock:
             return None
         return info if isinstance(info, dict) else None
 
-    def _locked_error(self, info: Optional[dict[str, Any]]) -> RunLockedError:
+    def _locked_error(self, info: dict[str, Any] | None) -> RunLockedError:
         who = (f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started')}" if info
                else "a run that has not written its details yet")
         return RunLockedError(f"trainer.default_root_dir {self.root} is in use by another run ({who}; lock file "
                               f"{self.path}): wait for it to end or give this run another default_root_dir")
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as e:
@@ -113,7 +113,7 @@ class RunLock:
             return self
         raise self._locked_error(self.holder())
 
-    def _acquire_exclusive(self) -> "RunLock":
+    def _acquire_exclusive(self) -> RunLock:
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -133,7 +133,7 @@ class RunLock:
             return self
         raise self._locked_error(self.holder())
 
-    def _note_takeover(self, info: Optional[dict[str, Any]]) -> None:
+    def _note_takeover(self, info: dict[str, Any] | None) -> None:
         if info and info.get("pid") != os.getpid():
             self.taken_over = info
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -31,8 +31,16 @@ from radio.data.health import BadDataError, gather_health
 from radio.losses import LossConfig
 from radio.model import AdaptorConfig, ModelConfig, RADIOModel, StudentConfig, TeacherHead
 from radio.normalize import keep_statistics_local, restart_statistics, store_global_statistics
-from radio.train.config import (NormalizationConfig, OptimConfig, StabilityConfig, TeacherEntry, ValidationConfig,
-                                coerce, coerce_teachers, to_plain)
+from radio.train.config import (
+    NormalizationConfig,
+    OptimConfig,
+    StabilityConfig,
+    TeacherEntry,
+    ValidationConfig,
+    coerce,
+    coerce_teachers,
+    to_plain,
+)
 from radio.train.guard import NonFiniteLossError, RunGuard, health_report, stop_if_needed, write_health_json
 from radio.train.objective import Objective
 from radio.train.optim import build_optimizer, total_steps, use_recipe_lr
@@ -87,7 +95,7 @@ class DistillModule(L.LightningModule):
         self.validation = FidelityValidation(self.val_cfg)
         self.guard = RunGuard(self.stability_cfg.max_nonfinite_steps)
         self._skip_update = False
-        self._bad_data: Optional[BadDataError] = None  # too much bad data: stop after this step
+        self._bad_data: BadDataError | None = None  # too much bad data: stop after this step
 
     @property
     def teachers(self) -> dict[str, teacher_lib.Teacher]:
@@ -193,7 +201,7 @@ class DistillModule(L.LightningModule):
         bad_data, self._bad_data = self._bad_data, None
         stop_if_needed(self.trainer, self.guard, bad_data, lambda why: self.write_health_report(stopped=why))
 
-    def write_health_report(self, stopped: Optional[str] = None) -> Optional[Path]:
+    def write_health_report(self, stopped: str | None = None) -> Path | None:
         """Write `health.json` beside the logs (rank 0; call on every rank: the faults are gathered)."""
         health = gather_health(getattr(self.datamodule, "health", None))
         report = health_report(self.guard, health, self.global_step, stopped)

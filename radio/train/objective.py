@@ -11,7 +11,7 @@ by the teacher's `feature_weight` and `summary_weight`. Training and validation 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +86,7 @@ class Objective:
 
     @torch.no_grad()
     def observe(self, normalizers: nn.ModuleDict, targets: list[dict[str, Targets]], step: int,
-                supervised: Optional[set[str]] = None) -> None:
+                supervised: set[str] | None = None) -> None:
         """Stream this step's raw teacher features into the `normalizers` still estimating; fit or freeze
         them.
 

@@ -4,7 +4,7 @@ checkpoint was trained at another one (`use_recipe_lr`)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -42,7 +42,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> dic
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def total_steps(trainer: Optional[L.Trainer]) -> int:
+def total_steps(trainer: L.Trainer | None) -> int:
     """The schedule's length: the trainer's max_steps, else its estimated optimizer steps, else 10,000."""
     if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
         return trainer.max_steps

@@ -26,7 +26,8 @@ from __future__ import annotations
 import inspect
 import os
 import tarfile
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from radio.ranges import COUNT, OPTIONAL_COUNT, OPTIONAL_NON_NEGATIVE_INT, Range, fields_errors
 from radio.schema import ConfigError, schema_errors, unknown_key_errors
@@ -86,8 +87,13 @@ def schema_pass(cfg: Any) -> list[str]:
     from radio.losses import LossConfig
     from radio.model.adaptors import AdaptorConfig
     from radio.model.vit import StudentConfig
-    from radio.train.config import (NormalizationConfig, OptimConfig, StabilityConfig, TeacherEntry,
-                                    ValidationConfig)
+    from radio.train.config import (
+        NormalizationConfig,
+        OptimConfig,
+        StabilityConfig,
+        TeacherEntry,
+        ValidationConfig,
+    )
     from radio.train.module import DistillModule
 
     errors = _unknown("recipe", cfg, TOP_LEVEL_KEYS)

@@ -8,7 +8,7 @@ does not run: its batch's cached crops are resized to the grid it would have giv
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,13 +25,13 @@ class Targets(NamedTuple):
     mosaic: whether they came from a mosaic; summary_valid: (B,) bool, the samples whose summary target holds
     (None: all of them)."""
 
-    summary: Optional[Tensor]
+    summary: Tensor | None
     features: Tensor
     mosaic: bool
-    summary_valid: Optional[Tensor] = None
+    summary_valid: Tensor | None = None
 
 
-def mosaic_plan(teacher: Teacher, grid: tuple[int, int]) -> Optional[MosaicPlan]:
+def mosaic_plan(teacher: Teacher, grid: tuple[int, int]) -> MosaicPlan | None:
     """The mosaic for a fixed-canvas teacher on a student grid, or None (dynamic teacher or under two tiles)."""
     if teacher.dynamic_resolution:
         return None
@@ -65,7 +65,7 @@ def cached_targets(cached: CachedTargets, teacher: Teacher, grid: tuple[int, int
     return Targets(summary, feats, False, cached.summary_valid if summary is not None else None)
 
 
-def summary_target_loss(pred: Optional[Tensor], target: Targets) -> Optional[Tensor]:
+def summary_target_loss(pred: Tensor | None, target: Targets) -> Tensor | None:
     """1 - cos between predicted (B, C_s) and target summaries over the samples whose target holds
     (`summary_valid`); None when there is no prediction, no target or no such sample."""
     if pred is None or target.summary is None:

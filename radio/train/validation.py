@@ -12,7 +12,7 @@ At every resolution the adaptors' outputs, mapped back to the teachers' space, f
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
@@ -86,7 +86,7 @@ class FidelityValidation:
                 self.metrics[key].update(tokens_to_grid(praw, tokens.grid),
                                          resize_grid(tg.features, tokens.grid), pred.summary, tg.summary)
 
-    def end(self, module: DistillModule, log_dir: Optional[str]) -> None:
+    def end(self, module: DistillModule, log_dir: str | None) -> None:
         """Log the epoch's metrics, add them to the history and write it into `log_dir` (None: not
         written)."""
         if self.skip or not self.metrics:

@@ -7,8 +7,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
-from radio.cache.aligned import (CropView, GridGeometry, box_in, canvas_image, crop_grid, crop_image, draw_view,
-                                 is_aligned, whole_view)
+from radio.cache.aligned import (
+    CropView,
+    GridGeometry,
+    box_in,
+    canvas_image,
+    crop_grid,
+    crop_image,
+    draw_view,
+    is_aligned,
+    whole_view,
+)
 from radio.data.transforms import eval_transform
 
 

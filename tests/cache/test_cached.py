@@ -23,8 +23,8 @@ from radio.data.shards import decode_sample, iter_raw_samples, resolve_shards
 from radio.data.synth import write_synth
 from radio.data.transforms import eval_transform
 from radio.train.module import DistillModule
-from radio.train.targets import summary_target_loss
 from radio.train.recipe_checks import ConfigError, check_recipe
+from radio.train.targets import summary_target_loss
 from tests.helpers import TINY_CLIP, TINY_DINO, TINY_SAM, TINY_STUDENT, tiny_recipe
 
 SPECS = [TINY_CLIP, TINY_DINO, TINY_SAM]

@@ -13,7 +13,14 @@ from PIL import Image, ImageFile
 import teachers
 from radio.cache.writer import cache_teacher
 from radio.data.datamodule import ShardDataModule
-from radio.data.shards import MAX_IMAGE_PIXELS, OversizedImage, SampleError, decode_sample, open_image, pack_folder
+from radio.data.shards import (
+    MAX_IMAGE_PIXELS,
+    OversizedImage,
+    SampleError,
+    decode_sample,
+    open_image,
+    pack_folder,
+)
 from tests.helpers import TINY_DINO
 
 LIMIT, BIG = 10_000, 200  # a 200 x 200 image (40,000 pixels) is over a 10,000-pixel limit

@@ -5,8 +5,14 @@ import tarfile
 import pytest
 from PIL import Image
 
-from radio.data.shards import ErrorCounter, SampleError, decode_sample, iter_raw_samples, pack_folder, \
-    resolve_shards
+from radio.data.shards import (
+    ErrorCounter,
+    SampleError,
+    decode_sample,
+    iter_raw_samples,
+    pack_folder,
+    resolve_shards,
+)
 
 
 def _png(color, size=(20, 16)):

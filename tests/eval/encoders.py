@@ -55,7 +55,7 @@ class PaletteEncoder(Encoder):
         colour_share = colour_share / colour_share.sum(1, keepdim=True).clamp_min(1e-6)
         return torch.cat([colour_share, 2 * centroid], 1), feats
 
-    def to(self, device) -> "PaletteEncoder":
+    def to(self, device) -> PaletteEncoder:
         return self
 
 
@@ -78,5 +78,5 @@ class NoiseEncoder(Encoder):
         feats = torch.randn(b, self.dim, hh // self.patch, ww // self.patch, generator=self.gen)
         return feats.mean((2, 3)) + torch.randn(b, self.dim, generator=self.gen), feats
 
-    def to(self, device) -> "NoiseEncoder":
+    def to(self, device) -> NoiseEncoder:
         return self

@@ -9,8 +9,14 @@ from eval.datasets import DatasetError
 from eval.features import ModelSpecError, StudentEncoder, load_encoder
 from eval.run import EvalOptions, run_eval
 from eval.vlm import VLMConfig, VLMProbe, build_lm, vlm_probe
-from eval.vlm_data import (IGNORE_LABEL, IMAGE_TOKEN, Conversation, PromptBuilder, read_llava_json,
-                           word_tokenizer)
+from eval.vlm_data import (
+    IGNORE_LABEL,
+    IMAGE_TOKEN,
+    Conversation,
+    PromptBuilder,
+    read_llava_json,
+    word_tokenizer,
+)
 from tests.eval.encoders import NoiseEncoder, PaletteEncoder
 from tests.helpers import TINY_DINO
 
@@ -131,6 +137,7 @@ def test_a_local_transformers_lm_loads_by_path_and_learns(tmp_path, synth_dir):
         build_lm(str(tmp_path / "nowhere"), convs, VLMConfig())
 
 
+@pytest.mark.slow
 def test_vlm_on_synth_beats_the_blind_baseline_and_ranks_label_features_above_noise(synth_dir, tmp_path):
     vlm = VLMConfig(stage2_epochs=8, stage2_lr=3e-3, batch_size=32)
     opts = EvalOptions(resolution=64, progress=False, vlm=vlm, pca_images=0)

@@ -12,8 +12,17 @@ from safetensors.torch import load_file, save_file
 
 import radio
 from radio.cli.main import main
-from radio.export import (ExportError, UnverifiedExportWarning, config_sha256, export_checkpoint, file_sha256, load,
-                          read_checkpoint, save_model, verification)
+from radio.export import (
+    ExportError,
+    UnverifiedExportWarning,
+    config_sha256,
+    export_checkpoint,
+    file_sha256,
+    load,
+    read_checkpoint,
+    save_model,
+    verification,
+)
 from radio.model.radio_model import FORMAT_VERSION, nearest_valid_sizes
 from radio.types import StudentOutput
 from tests.helpers import NAMES, assert_same_outputs, reference_model, tiny_student

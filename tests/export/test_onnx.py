@@ -10,6 +10,8 @@ from radio.export import ExportError, load
 from radio.export.onnx import check_onnx, compare_onnx, run_onnx
 from tests.helpers import reference_model
 
+pytestmark = pytest.mark.slow  # the module's fixture exports to ONNX
+
 
 @pytest.fixture(scope="module")
 def onnx_dir(fit_checkpoint, tmp_path_factory):

@@ -3,13 +3,14 @@ exports' budget, and the ONNX graph with in-network merging."""
 import json
 import math
 
+import pytest
 import torch
 
 from radio.cli.fit import run_fit
 from radio.cli.main import main
 from radio.export import load, read_checkpoint, save_model
-from radio.model import ModelConfig, RADIOModel, StudentConfig, TeacherHead
 from radio.export.onnx import check_onnx, export_onnx
+from radio.model import ModelConfig, RADIOModel, StudentConfig, TeacherHead
 from tests.helpers import tiny_recipe, write_recipe
 
 TINY = dict(arch="custom", embed_dim=32, depth=2, num_heads=2, patch_size=8, max_resolution=64, register_multiple=4)
@@ -60,6 +61,7 @@ def test_an_export_from_before_tome_keeps_its_budget(tmp_path):
     assert model(torch.rand(1, 3, 40, 48)).features.shape == (1, 12, 32)
 
 
+@pytest.mark.slow
 def test_onnx_graph_carries_in_network_merging(tmp_path):
     model = _tiny_model()
     x = torch.rand(2, 3, 64, 48)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -80,6 +80,6 @@ def probe_callback(out: Path, fixed_positions: bool = False) -> dict[str, Any]:
     return {"class_path": "tests.train.runs.Probe", "init_args": {"out": str(out), "fixed_positions": fixed_positions}}
 
 
-def only_version(root: Path, version: Optional[int] = None) -> Path:
+def only_version(root: Path, version: int | None = None) -> Path:
     versions = sorted((root / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     return versions[-1] if version is None else root / "logs" / f"version_{version}"

@@ -3,11 +3,19 @@ with the same global batch: same batches, same losses, same weights; every sampl
 checkpoint taken while the normalizers were still estimating resumes on one process to the same end."""
 import json
 
+import pytest
 import yaml
 
 from tests.helpers import tiny_recipe, write_recipe
-from tests.train.runs import (load_checkpoint, logged, max_abs_difference, only_version, probe_callback, probe_keys,
-                              run_fit_subprocess)
+from tests.train.runs import (
+    load_checkpoint,
+    logged,
+    max_abs_difference,
+    only_version,
+    probe_callback,
+    probe_keys,
+    run_fit_subprocess,
+)
 
 STEPS, GLOBAL_BATCH, EVERY, ESTIMATE, SAMPLES = 12, 16, 4, 6, 160
 
@@ -26,6 +34,7 @@ def _recipe(synth_dir, root, devices, steps=STEPS):
     return write_recipe(r, root / "recipe.yaml")
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_match_one_process(synth_dir, tmp_path):
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
     for d in (one, two, resumed):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from radio.cli.main import main
 from radio.cli.fit import run_fit
+from radio.cli.main import main
 from radio.train.guard import RunGuard
 from radio.train.module import DistillModule
 from tests.helpers import tiny_recipe, write_recipe

@@ -13,8 +13,16 @@ from radio.cli.fit import run_fit
 from radio.train import callbacks
 from radio.train.callbacks import RadioCheckpoint
 from tests.helpers import tiny_recipe, write_recipe
-from tests.train.runs import (ROOT, fit_command, fit_env, load_checkpoint, logged, max_abs_difference, only_version,
-                              run_fit_subprocess)
+from tests.train.runs import (
+    ROOT,
+    fit_command,
+    fit_env,
+    load_checkpoint,
+    logged,
+    max_abs_difference,
+    only_version,
+    run_fit_subprocess,
+)
 
 STEPS, EVERY, ESTIMATE = 36, 6, 16
 
@@ -29,6 +37,7 @@ def _recipe(synth_dir, root, workers):
     return write_recipe(r, root / "recipe.yaml")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(synth_dir, tmp_path):
     ref_root, cut_root = tmp_path / "reference", tmp_path / "killed"
     ref_root.mkdir(), cut_root.mkdir()

@@ -24,6 +24,7 @@ def test_top_level_help_lists_every_subcommand():
         assert name in text
 
 
+@pytest.mark.slow
 def test_fit_help_and_print_config_via_console_script(tmp_path):
     exe = [sys.executable, "-m", "radio.cli.main"]
     r = subprocess.run([*exe, "fit", "--help"], capture_output=True, text=True, timeout=120)

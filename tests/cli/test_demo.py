@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from radio.cli.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo_produces_a_report_with_knn_for_student_and_each_teacher(tmp_path):
     md = run_demo(tmp_path / "demo", count=96, steps=12, progress=False)
     assert md == tmp_path / "demo" / "report.md" and md.is_file()
