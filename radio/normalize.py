@@ -24,7 +24,7 @@ pairwise algorithm for computing sample variances" (1979).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -86,6 +86,8 @@ class Normalizer(nn.Module):
     Subclasses implement `update` (stream statistics), `fit` (fit the transform), `forward` and `inverse`.
     """
 
+    fitted: Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
@@ -133,10 +135,18 @@ class AffineNormalizer(Normalizer):
         eps: floor of variances (relative to the largest for pca_whiten, absolute otherwise).
     """
 
+    frozen: Tensor
+    count: Tensor
+    running_mean: Tensor
+    running_m2: Tensor
+    mu: Tensor
+    weight: Tensor
+    weight_inv: Tensor
+
     def __init__(self, dim: int, eps: float = 1e-8) -> None:
         super().__init__(dim)
         self.eps = eps
-        f64 = dict(dtype=torch.float64)
+        f64: dict[str, Any] = dict(dtype=torch.float64)
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
         self.register_buffer("count", torch.zeros((), **f64))
         self.register_buffer("running_mean", torch.zeros(dim, **f64))
@@ -278,6 +288,9 @@ class PHIS(AffineNormalizer):
 
     Buffers besides the affine ones: `phi` () and `rotation` (C, C) = H U^T.
     """
+
+    phi: Tensor
+    rotation: Tensor
 
     def __init__(self, dim: int, eps: float = 1e-8) -> None:
         if construction(dim) is None:

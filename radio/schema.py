@@ -22,7 +22,7 @@ import functools
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union, cast
 
 __all__ = ["ConfigError", "SchemaError", "describe", "field_path", "from_dict", "parse", "schema_errors",
            "short", "unknown_key_errors"]
@@ -104,7 +104,7 @@ _PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 def _plural(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
-        return f"{tp.__name__} mappings"
+        return f"{cast(type, tp).__name__} mappings"
     return _PLURALS.get(tp, "items")
 
 
@@ -129,7 +129,7 @@ def describe(tp: Any) -> str:
     if origin is dict or tp is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
-        return f"a mapping of {tp.__name__}'s fields"
+        return f"a mapping of {cast(type, tp).__name__}'s fields"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -209,7 +209,7 @@ def _items(tp: Any, value: Any, path: str, kind: type) -> tuple[Any, list[str]]:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return f.default_factory()  # type: ignore[operator]  # not MISSING: a field without a default has one
 
 
 def _parse_dataclass(cls: type, data: Any, where: str) -> tuple[Any, list[str]]:

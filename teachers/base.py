@@ -92,6 +92,9 @@ class Teacher(nn.Module):
     feature_dim: int = 0
     dynamic_resolution: bool = False
     use_autocast: bool = True
+    spec: TeacherSpec  # set by teachers.registry.build_teacher
+    _mean: Tensor  # buffers registered by `freeze`
+    _std: Tensor
 
     @property
     def has_summary(self) -> bool:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from radio.cache.config import CacheConfig, coerce_config
 from radio.cache.index import FeatureIndex
-from radio.cache.reader import read_layout
+from radio.cache.reader import CacheLayout, read_layout
 from radio.cache.views import CachedViews
 from radio.data.batch import DecodeTransform, PartitionBatcher, StepStream, TrainBatch, collate
 from radio.data.health import BadDataError, DataHealth, gather_health
@@ -122,7 +122,7 @@ class ShardDataModule(L.LightningDataModule):
         self.errors = ErrorCounter()  # validation reads
         self.health = DataHealth()  # training: distinct bad items seen by this process
         self.cache = coerce_config(cache) if cache is not None else None
-        self.cache_layout = None
+        self.cache_layout: CacheLayout | None = None
         self.index: ShardIndex | None = None
         self.features: FeatureIndex | None = None
         self.order: DataOrder | None = None
@@ -177,6 +177,7 @@ class ShardDataModule(L.LightningDataModule):
         """The data order of this rank, positioned for a resume if a data state was loaded."""
         if self.index is None:
             self.setup("fit")
+        assert self.index is not None  # setup("fit") builds it
         world, rank = self._layout()
         order = DataOrder(len(self.index), self.schedule, self.seed, world, rank)
         state = self._resume
@@ -197,6 +198,7 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.order is None:
             self.order = self.make_order()
+        assert self.index is not None  # make_order built it
         start = self._start_step()
         self._next_step = start
         views = CachedViews(self.cache_layout, self.min_crop_scale) if self.cache_layout is not None else None

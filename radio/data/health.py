@@ -116,7 +116,7 @@ def gather_health(local: DataHealth | None) -> DataHealth:
     import torch.distributed as dist
 
     state = local.state_dict() if local is not None else {}
-    states = [state]
+    states: list[dict[str, Any] | None] = [state]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         states = [None] * dist.get_world_size()
         dist.all_gather_object(states, state)

@@ -218,10 +218,12 @@ class ShardIndex:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
                 for m in tf:
                     key, ext = split_name(m.name)
-                    if key is None or not m.isfile():
+                    if key is None or ext is None or not m.isfile():  # ext is None exactly when key is
                         continue
                     raw["__key__"] = key
-                    raw[ext] = tf.extractfile(m).read()
+                    member = tf.extractfile(m)
+                    assert member is not None  # a regular file (checked above) always has one
+                    raw[ext] = member.read()
         except tarfile.TarError as e:
             raise SampleError(f"cannot read the sample's tar members: {e}", url, raw.get("__key__")) from e
         return raw

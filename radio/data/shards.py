@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -202,8 +202,9 @@ def decode_sample(raw: dict[str, Any], need_mask: bool = False, max_pixels: int 
             raise OversizedImage(f"seg.png: {e}", url, key) from None
         except Exception as e:
             raise SampleError(f"cannot decode seg.png: {e}", url, key) from e
-    return Sample(key=key, image=img, label=label, meta=meta if isinstance(meta, dict) else {}, mask=mask,
-                  url=url or "")
+    # a webdataset sample always carries its __key__ (the readers set it with every member)
+    return Sample(key=cast(str, key), image=img, label=label, meta=meta if isinstance(meta, dict) else {},
+                  mask=mask, url=url or "")
 
 
 def iter_raw_samples(urls: list[str], handler=None) -> Iterable[dict[str, Any]]:

@@ -76,7 +76,7 @@ def _background(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.ndar
     kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     if kind == "gradient":
         ang = rng.uniform(0, 2 * math.pi)
-        t = ((math.cos(ang) * xx + math.sin(ang) * yy) / size + 1) / 2
+        t: np.ndarray = ((math.cos(ang) * xx + math.sin(ang) * yy) / size + 1) / 2
     elif kind == "noise":
         coarse = rng.uniform(0, 1, (size // 8 + 1, size // 8 + 1))
         t = np.kron(coarse, np.ones((8, 8)))[:size, :size]

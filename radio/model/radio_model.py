@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from radio import schema
 from radio.model.adaptors import AdaptorConfig, TeacherAdaptor
 from radio.model.vit import RADIOStudent, StudentConfig
-from radio.normalize import build_normalizer
+from radio.normalize import Normalizer, build_normalizer
 from radio.ranges import Range, fields_errors
 from radio.schema import SchemaError, field_path, short
 from radio.tome import Merge, TokenMergeConfig, Unmerge, budget_soft_matching, merge_schedule, merge_wavg
@@ -159,6 +159,14 @@ class RADIOModel(nn.Module):
         config: the model's architecture and teacher heads.
     """
 
+    input_mean: Tensor
+    input_std: Tensor
+    # set by the loaders (radio.export.write / radio.export.read), absent on a freshly built model
+    radio_teacher_specs: list[Any]
+    radio_checkpoint_step: int
+    provenance: dict[str, Any]
+    export_defaults: dict[str, Any]
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -227,14 +235,14 @@ class RADIOModel(nn.Module):
         if name not in self.adaptors:
             dropped = " (it was dropped at export)" if name in self.teacher_names() else ""
             raise KeyError(f"unknown adaptor {name!r}{dropped}; this model has: {', '.join(self.adaptors) or 'none'}")
-        head = self.adaptors[name]
+        head = cast(TeacherAdaptor, self.adaptors[name])
         summary = None
         if head.summary is not None:
             idx = self.summary_teachers.index(name)
             summary = head.summary(tokens.summary[:, idx])
         feats = head.features(tokens.patches)
         if not normalized:
-            feats = self.normalizers[name].inverse(feats)
+            feats = cast(Normalizer, self.normalizers[name]).inverse(feats)
         return AdaptorOutput(summary, feats)
 
     @staticmethod
@@ -324,8 +332,9 @@ class RADIOModel(nn.Module):
         step = self.resolution_step
         grid = (x.shape[-2] // step, x.shape[-1] // step)
         x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
-        take, _ = feature_take_indices(len(self.backbone.blocks), indices)
-        out = self.backbone.forward_intermediates(x, indices=indices, return_prefix_tokens=True, output_fmt="NLC",
+        timm_indices = cast("int | list[int] | None", indices)  # timm accepts any sequence
+        take, _ = feature_take_indices(len(self.backbone.blocks), timm_indices)
+        out: Any = self.backbone.forward_intermediates(x, indices=timm_indices, return_prefix_tokens=True, output_fmt="NLC",
                                                   stop_early=stop_early, intermediates_only=stop_early)
         inter, final_tokens = (out, None) if stop_early else (out[1], out[0])
         n_sum = self.backbone.num_summary_tokens

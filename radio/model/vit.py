@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor
+from torch import Tensor, nn
 
 from radio.model.cpe import CroppedPosEmbed
 from radio.model.merging import MergingAttention, MergingBlock
@@ -150,7 +150,7 @@ def student_errors(cfg: object, where: str = "model.student") -> list[str]:
     base = STUDENT_ARCHS.get(arch, (None, None, None)) if isinstance(arch, str) else (None, None, None)
     dim = base[0] if get("embed_dim") is None else get("embed_dim")
     heads = base[2] if get("num_heads") is None else get("num_heads")
-    if COUNT.accepts(dim) and COUNT.accepts(heads) and dim % heads:
+    if COUNT.accepts(dim) and COUNT.accepts(heads) and cast(int, dim) % cast(int, heads):
         errors.append(f"{where}.num_heads: must divide {where}.embed_dim ({dim}), got {heads}")
     return errors
 
@@ -184,6 +184,8 @@ class RADIOStudent(VisionTransformer):
         cfg: the student's architecture.
         num_summary_tokens: one per teacher with a summary target (at least 1).
     """
+
+    reg_token: nn.Parameter  # reg_tokens > 0 always
 
     def __init__(self, cfg: StudentConfig, num_summary_tokens: int = 1) -> None:
         dim, depth, heads = cfg.resolved()
@@ -225,7 +227,7 @@ class RADIOStudent(VisionTransformer):
         prefix = self.reg_token.expand(b, -1, -1)
         return self.pos_drop(torch.cat([prefix, x], dim=1))
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]  # no attn_mask, is_causal
         """(B, P + N, C) tokens on the full grid; with an active merge schedule, merged then unmerged."""
         schedule = self.active_merge_schedule()
         if not any(schedule):
@@ -243,7 +245,7 @@ class RADIOStudent(VisionTransformer):
         size = None
         for blk, r in zip(self.blocks, schedule):
             n_in = x.shape[1]
-            x, size, unmerge = blk.forward_merging(x, size, r, self.num_prefix_tokens)
+            x, size, unmerge = cast(MergingBlock, blk).forward_merging(x, size, r, self.num_prefix_tokens)
             if x.shape[1] != n_in:
                 groups = group_index(unmerge, x.shape[1], b, x.device).gather(1, groups)
         return MergedTokens(self.norm(x), size, groups)

@@ -138,7 +138,7 @@ def coerce(cls: type[T], value: Any, where: str) -> T:
 
 def to_plain(obj: Any) -> Any:
     """Dataclasses/tuples -> plain dicts/lists (safe to store in a weights_only checkpoint)."""
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: to_plain(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]

@@ -16,8 +16,9 @@ References: AM-RADIO (Ranzinger et al., CVPR 2024); PHI-S (Ranzinger et al., 202
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -30,7 +31,7 @@ from radio.data.batch import ImageBatch, TrainBatch
 from radio.data.health import BadDataError, gather_health
 from radio.losses import LossConfig
 from radio.model import AdaptorConfig, ModelConfig, RADIOModel, StudentConfig, TeacherHead
-from radio.normalize import keep_statistics_local, restart_statistics, store_global_statistics
+from radio.normalize import Normalizer, keep_statistics_local, restart_statistics, store_global_statistics
 from radio.train.config import (
     NormalizationConfig,
     OptimConfig,
@@ -233,7 +234,8 @@ class DistillModule(L.LightningModule):
         checkpoint["radio_teacher_specs"] = to_plain([e.spec() for e in self.entries])
         checkpoint["radio_fidelity_history"] = self.validation.history.records
         checkpoint["radio_guard"] = self.guard.state_dict()
-        store_global_statistics(self.model.normalizers, checkpoint["state_dict"], NORMALIZERS)
+        normalizers = cast("Mapping[str, Normalizer]", self.model.normalizers)
+        store_global_statistics(normalizers, checkpoint["state_dict"], NORMALIZERS)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.validation.history.records = list(checkpoint.get("radio_fidelity_history", []))
@@ -242,4 +244,5 @@ class DistillModule(L.LightningModule):
             use_recipe_lr(checkpoint, self.optim_cfg.lr)
         rank = self.trainer.global_rank if self._trainer is not None else 0
         if rank != 0:  # rank 0 carries the checkpoint's global statistics on, the others restart from zero
-            restart_statistics(self.model.normalizers, checkpoint.get("state_dict", {}), NORMALIZERS)
+            normalizers = cast("Mapping[str, Normalizer]", self.model.normalizers)
+            restart_statistics(normalizers, checkpoint.get("state_dict", {}), NORMALIZERS)

@@ -11,7 +11,8 @@ by the teacher's `feature_weight` and `summary_weight`. Training and validation 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,9 @@ from radio.train.config import TeacherEntry
 from radio.train.targets import Targets, cached_targets, mosaic_plan, summary_target_loss, teacher_targets
 from radio.types import AdaptorOutput
 from teachers.base import Teacher
+
+if TYPE_CHECKING:
+    from radio.normalize import Normalizer
 
 
 def is_refit_step(step: int) -> bool:
@@ -93,7 +97,7 @@ class Objective:
         `supervised`: the teachers of this step's partitions on every rank (fitting all-reduces, so a rank
         whose partitions came out empty still takes part); None means those with targets here.
         """
-        for name, norm in normalizers.items():
+        for name, norm in cast("Mapping[str, Normalizer]", normalizers).items():
             if not norm.needs_statistics:
                 continue
             feats = [t[name].features for t in targets if name in t]

@@ -4,7 +4,7 @@ checkpoint was trained at another one (`use_recipe_lr`)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -15,7 +15,8 @@ from radio.train.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -37,7 +38,8 @@ def warmup_cosine(cfg: OptimConfig, total_steps: int):
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> dict:
     """Lightning's `configure_optimizers` dictionary for `model`."""
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    betas = cast("tuple[float, float]", tuple(cfg.betas))
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -75,7 +75,8 @@ def _unknown(where: str, obj: Any, allowed: Iterable[str]) -> list[str]:
 
 
 def _params(cls: type) -> set[str]:
-    return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
+    init = cls.__init__  # type: ignore[misc]  # the class's own constructor is meant
+    return {n for n in inspect.signature(init).parameters if n != "self"}
 
 
 def schema_pass(cfg: Any) -> list[str]:
@@ -325,7 +326,7 @@ def check_recipe(cfg: Any) -> None:
             more.append("data.cache: not checked: the student grid it is written for needs a valid "
                         "model.student.patch_size and training resolution")
         else:
-            more += recipe_cache_errors(entries, patch, data_args, urls)
+            more += recipe_cache_errors(list(entries), patch, data_args, urls)
 
     errors += _unless_named(more, named)
     if errors:

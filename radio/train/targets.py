@@ -8,7 +8,7 @@ does not run: its batch's cached crops are resized to the grid it would have giv
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -52,7 +52,7 @@ def online_grid(teacher: Teacher, grid: tuple[int, int]) -> tuple[int, int]:
     """The feature grid `teacher_targets` gets without a mosaic for a student grid: a dynamic teacher's equals
     the student's; a fixed-size teacher's is its own (floor(input size / patch))."""
     if teacher.dynamic_resolution:
-        return tuple(grid)
+        return cast("tuple[int, int]", tuple(grid))
     return teacher.feature_grid(teacher.input_size, teacher.input_size)
 
 

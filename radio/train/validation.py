@@ -12,7 +12,7 @@ At every resolution the adaptors' outputs, mapped back to the teachers' space, f
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from torch import Tensor
 
@@ -23,6 +23,7 @@ from radio.losses import tokens_to_grid
 from radio.train.config import ValidationConfig
 
 if TYPE_CHECKING:
+    from radio.normalize import Normalizer
     from radio.train.module import DistillModule
 
 
@@ -79,7 +80,7 @@ class FidelityValidation:
                 preds = {n: model.adapt(n, tokens, normalized=True) for n in targets}
             for name, tg in targets.items():
                 pred = preds[name]
-                praw = model.normalizers[name].inverse(pred.features)
+                praw = cast("Normalizer", model.normalizers[name]).inverse(pred.features)
                 key = (name, r)
                 if key not in self.metrics:
                     self.metrics[key] = FidelityMetric(tg.features.shape[1]).to(module.device)
