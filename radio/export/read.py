@@ -133,11 +133,16 @@ def read_weights(info: ExportInfo, verify: bool | None = None) -> dict[str, torc
         state = load_file(str(info.weights))
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
         raise ExportError(f"{str(info.weights)!r} is corrupted or truncated: {e}") from e
-    foreign = [k for k in state if not k.startswith(info.prefix)]
+    return _unprefixed(info, state)
+
+
+def _unprefixed(info: ExportInfo, entries: dict[str, Any]) -> dict[str, Any]:
+    """`entries` keyed by weight name with the layout's prefix removed; a key without it is an ExportError."""
+    foreign = [k for k in entries if not k.startswith(info.prefix)]
     if foreign:
         raise ExportError(f"{str(info.weights)!r}: unexpected keys {foreign[:5]} (expected the prefix "
                           f"{info.prefix!r} of a {info.layout} export)")
-    return {k[len(info.prefix):]: v for k, v in state.items()}
+    return {k[len(info.prefix):]: v for k, v in entries.items()}
 
 
 _SAFE_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -156,12 +161,8 @@ def check_weights_header(info: ExportInfo, model: torch.nn.Module) -> None:
                          tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
         raise ExportError(f"{str(info.weights)!r} is corrupted or truncated: {e}") from e
-    foreign = [k for k in found if not k.startswith(info.prefix)]
-    if foreign:
-        raise ExportError(f"{str(info.weights)!r}: unexpected keys {foreign[:5]} (expected the prefix "
-                          f"{info.prefix!r} of a {info.layout} export)")
     own = model.state_dict()
-    found = {k[len(info.prefix):]: v for k, v in found.items()}
+    found = _unprefixed(info, found)
     check_state({k: v[1] for k, v in found.items()}, {k: v[0] for k, v in found.items()}, own,
                 repr(str(info.weights)))
 
