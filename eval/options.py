@@ -34,3 +34,5 @@ class EvalOptions:
     vlm_limit: int | None = 250
     pca_images: int = 4
     with_teachers: bool = False
+    # exports must carry checksums that match (radio.load's verify=True); False skips, None only warns
+    verify: bool | None = True

@@ -29,6 +29,7 @@ from eval.features import (
 from eval.knn import knn_eval
 from eval.options import EvalOptions
 from eval.report import write_report
+from radio.export import verification
 
 PROBES = ("knn", "linear", "seg", "zeroshot", "fidelity", "vlm")
 SYNTH_NOTE = ("Generated data: the masks are colour classes, a local and dense property, while shape (`label`), "
@@ -111,7 +112,12 @@ class Evaluation:
         return self.report
 
     def measure(self) -> dict[str, Any]:
-        """Run every probe on every model and write the plots; returns the report (not written)."""
+        """Run every probe on every model and write the plots; returns the report (not written). Exports load
+        under `opts.verify` (radio.export.verification)."""
+        with verification(self.opts.verify):
+            return self._measure()
+
+    def _measure(self) -> dict[str, Any]:
         o = self.opts
         ds: Dataset | None = None
         if set(self.probes) - {"vlm"} or not o.vlm_data:

@@ -29,7 +29,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from eval.report import headline
     from eval.run import EvalOptions, run_eval
     from eval.vlm import VLMConfig
-    from radio.export import verification
 
     vlm = VLMConfig(lm=a.lm, num_tokens=a.num_tokens, stage1_epochs=a.stage1_epochs, stage2_epochs=a.stage2_epochs,
                     stage2_lr=a.stage2_lr, batch_size=a.vlm_batch_size, pre_norm=not a.no_pre_norm,
@@ -42,10 +41,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
                        templates=a.templates, classnames=a.classnames,
                        resolutions=_ints(a.resolutions) if a.resolutions else None,
                        fidelity_images=a.fidelity_images, vlm=vlm, vlm_data=a.vlm_data, vlm_limit=a.vlm_limit,
-                       pca_images=a.pca_images, with_teachers=a.with_teachers)
+                       pca_images=a.pca_images, with_teachers=a.with_teachers,
+                       verify=not a.no_verify)
     try:
-        with verification(not a.no_verify):  # exports must carry checksums that match, unless --no-verify
-            report = run_eval([a.probe], a.model, a.data, a.out, opts, names=a.name)
+        report = run_eval([a.probe], a.model, a.data, a.out, opts, names=a.name)
     except (DatasetError, ModelSpecError) as e:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2

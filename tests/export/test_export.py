@@ -361,6 +361,13 @@ def test_radio_eval_requires_checksums_unless_no_verify(tiny, synth_dir, tmp_pat
     assert "has no weights_sha256: the export is unverified" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "b"), "--no-verify"]) == 0
     assert json.loads((tmp_path / "b" / "report.json").read_text())["probes"]["knn"]["tiny"]
+    from eval.run import EvalOptions, run_eval  # the Python entry point verifies the same way by default
+
+    fast = {"limit": 16, "resolution": 32, "progress": False, "pca_images": 0}
+    with pytest.raises(ExportError, match="has no weights_sha256: the export is unverified"):
+        run_eval(["knn"], [str(tiny)], str(synth_dir), tmp_path / "c", EvalOptions(**fast))
+    assert run_eval(["knn"], [str(tiny)], str(synth_dir), tmp_path / "d",
+                    EvalOptions(**fast, verify=False))["probes"]["knn"]["tiny"]
 
 
 # ---- model card and CLI -------------------------------------------------------------------------------------------
